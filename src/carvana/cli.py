@@ -1,0 +1,332 @@
+"""The `carvana` command: one thin sub-command per verb; the work lives in the stage modules.
+
+Stage modules are imported inside each handler so that `carvana --help` and the light verbs
+(synth, eda, validate, merge) never load TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+
+
+def _data_dir(value: str | None) -> Path:
+    from carvana.dataset import DataError, default_data_dir
+
+    if value:
+        return Path(value)
+    found = default_data_dir()
+    if found is None:
+        raise DataError("no --data given and no Kaggle input folder found; pass --data DIR")
+    return found
+
+
+def _data(args):
+    from carvana.dataset import CarvanaData
+
+    return CarvanaData(_data_dir(args.data), hq=getattr(args, "hq", False))
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def _size(text: str) -> tuple[int, int]:
+    from carvana.config import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        help="competition data: a folder of Kaggle's zips or of unzipped folders "
+        "(default: the Kaggle input folder when it exists)",
+    )
+
+
+# -- handlers -------------------------------------------------------------------------------
+def cmd_synth(args) -> int:
+    from carvana.synth import synthesize
+
+    w, h = args.size
+    out = synthesize(
+        args.out,
+        train_cars=args.train_cars,
+        test_images=args.test_images,
+        size=(h, w),
+        seed=args.seed,
+        zipped=args.zipped,
+    )
+    print(f"synthetic Carvana data written to {out}")
+    return 0
+
+
+def cmd_eda(args) -> int:
+    from carvana.eda import run_eda
+
+    report = run_eda(_data(args), Path(args.out), samples=args.samples)
+    print(f"EDA report: {report}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from carvana.config import TrainConfig
+    from carvana.train import train
+
+    overrides = {
+        k: v
+        for k, v in dict(
+            model=args.model,
+            epochs=args.epochs,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            weights=args.weights,
+            val_fraction=args.val_fraction,
+            learning_rate=args.lr,
+            patience=args.patience,
+            seed=args.seed,
+            max_cars=args.max_cars,
+            augment=None if args.augment is None else args.augment == "on",
+        ).items()
+        if v is not None
+    }
+    summary = train(_data(args), TrainConfig(**overrides), Path(args.out), resume=not args.fresh)
+    print(f"run folder: {args.out}  best validation Dice: {summary['best_val_dice']:.4f}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from carvana.evaluate import evaluate
+
+    result = evaluate(_data(args), Path(args.run), Path(args.out), worst=args.worst)
+    print(
+        f"full-resolution mean Dice {result['dice']:.4f}, pixel accuracy {result['accuracy']:.4f}"
+        f"  report: {result['report']}"
+    )
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from carvana.evaluate import compare
+
+    print(compare([Path(r) for r in args.runs], out=Path(args.out) if args.out else None))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from carvana.config import PredictConfig
+    from carvana.predict import predict
+
+    config = PredictConfig(
+        threshold=args.threshold,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        shard=args.shard,
+        limit=args.limit,
+    )
+    summary = predict(
+        _data(args), Path(args.run), Path(args.out), config, allow_bad_images=args.allow_bad_images
+    )
+    return 0 if summary["ok"] else 1
+
+
+def cmd_merge(args) -> int:
+    from carvana.submission import merge
+
+    data = _data(args) if (args.data or _has_default_data()) else None
+    merge([Path(p) for p in args.parts], Path(args.out), data=data)
+    print(f"merged {len(args.parts)} part(s) into {args.out}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from carvana.submission import report_problems, validate
+
+    problems = validate(Path(args.submission), _data(args))
+    report_problems(args.submission, problems)
+    return 1 if problems else 0
+
+
+def cmd_kernels(args) -> int:
+    from carvana import kernels
+
+    if args.action == "build":
+        for path in kernels.build(args.names or None, username=args.username):
+            print(f"built {path}")
+        return 0
+    from carvana import kaggle_api
+
+    if args.action == "push":
+        print(kaggle_api.push_kernel(args.names[0], username=args.username))
+    elif args.action == "status":
+        print(kaggle_api.kernel_status(args.names[0], username=args.username))
+    elif args.action == "output":
+        for path in kaggle_api.kernel_output(args.names[0], Path(args.path), username=args.username):
+            print(path)
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from carvana import kaggle_api
+
+    print(kaggle_api.submit(Path(args.file), args.message, data=_data(args) if args.data else None))
+    return 0
+
+
+def cmd_submissions(args) -> int:
+    from carvana import kaggle_api
+
+    print(kaggle_api.list_submissions())
+    return 0
+
+
+def cmd_dry_run(args) -> int:
+    from carvana.dry_run import dry_run
+
+    dry_run(Path(args.out), quick=args.quick)
+    return 0
+
+
+def _has_default_data() -> bool:
+    from carvana.dataset import default_data_dir
+
+    return default_data_dir() is not None
+
+
+# -- parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `carvana` command."""
+    parser = argparse.ArgumentParser(
+        prog="carvana", description="Carvana Image Masking Challenge: data to scored submission."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write a synthetic Kaggle-shaped dataset")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--train-cars", type=int, default=4, help="training cars (16 images each)")
+    p.add_argument("--test-images", type=int, default=16, help="test images")
+    p.add_argument("--size", type=lambda t: _size(t)[::-1], default=(1918, 1280), metavar="WxH",
+                   help="image size, width x height (default 1918x1280)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--zipped", action="store_true", help="write Kaggle's zip layout")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("eda", help="exploratory report (markdown + PNG figures)")
+    _add_data(p)
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--samples", type=int, default=8, help="images in the overlay grid")
+    p.set_defaults(func=cmd_eda)
+
+    p = sub.add_parser("train", help="train a model into a run folder")
+    _add_data(p)
+    p.add_argument("--model", choices=("cnn", "mobilenet"))
+    p.add_argument("--out", required=True, help="run folder (config.json, model.keras, ...)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--image-size", type=_size, metavar="HxW", help="e.g. 160x240")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--weights", help="none | imagenet | path to a weights file")
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--lr", type=float, help="initial learning rate")
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-cars", type=int, help="use only this many cars (quick runs)")
+    p.add_argument("--augment", choices=("on", "off"))
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="full-resolution Dice of a run on its validation cars")
+    _add_data(p)
+    p.add_argument("--run", required=True, help="run folder made by train")
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--worst", type=int, default=6, help="worst images shown as panels")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="comparison table of several evaluated runs")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--out", help="write the table to this markdown file too")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("predict", help="stream the test set into a submission csv.gz")
+    _add_data(p)
+    p.add_argument("--run", required=True, help="run folder made by train")
+    p.add_argument("--out", default="submission/submission.csv.gz")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--tta", action="store_true", help="horizontal-flip test-time augmentation")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=max(2, min(8, os.cpu_count() or 2)),
+                   help="post-processing threads")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/n",
+                   help="predict the i-th of n deterministic parts (0-based)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N test images")
+    p.add_argument("--allow-bad-images", action="store_true",
+                   help="exit 0 even when some test images could not be read")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("merge", help="join shard files into one submission")
+    p.add_argument("parts", nargs="+", help="shard submission files")
+    p.add_argument("--out", required=True)
+    _add_data(p)
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("validate", help="check a submission file against the test set")
+    p.add_argument("submission")
+    _add_data(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("kernels", help="build or drive the Kaggle kernels")
+    p.add_argument("action", choices=("build", "push", "status", "output"))
+    p.add_argument("names", nargs="*", help="kernel names (build: default all)")
+    p.add_argument("--username", help="Kaggle user name for kernel ids (default: credentials)")
+    p.add_argument("-p", "--path", default=".", help="output: download folder")
+    p.set_defaults(func=cmd_kernels)
+
+    p = sub.add_parser("submit", help="validate and submit a file to the competition")
+    p.add_argument("file")
+    p.add_argument("-m", "--message", required=True)
+    _add_data(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("submissions", help="list your recent submissions and scores")
+    p.set_defaults(func=cmd_submissions)
+
+    p = sub.add_parser("dry-run", help="the whole round trip on a small synthetic dataset")
+    p.add_argument("--out", default="dry-run", help="working folder")
+    p.add_argument("--quick", action="store_true", help="smallest settings (used by the tests)")
+    p.set_defaults(func=cmd_dry_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `carvana` command; user errors exit 2 with one line."""
+    args = build_parser().parse_args(argv)
+    if args.command == "kernels" and args.action != "build" and len(args.names) != 1:
+        build_parser().error(f"kernels {args.action} needs exactly one kernel name")
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        if os.environ.get("CARVANA_DEBUG"):
+            raise
+        print(f"carvana: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("carvana: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
