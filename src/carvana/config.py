@@ -60,7 +60,8 @@ class TrainConfig:
     def jpeg_ratio(self) -> int:
         """Largest DCT scaling factor (1, 2, 4, 8) whose decoded image is still >= image_size."""
         for ratio in (8, 4, 2):
-            if all(o // ratio >= s for o, s in zip(self.original_size, self.image_size)):
+            # libjpeg rounds scaled sides up: 1918 / 8 gives 240 columns.
+            if all(-(-o // ratio) >= s for o, s in zip(self.original_size, self.image_size)):
                 return ratio
         return 1
 
