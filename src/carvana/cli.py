@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder")
     p.add_argument("--train-cars", type=int, default=4, help="training cars (16 images each)")
     p.add_argument("--test-images", type=int, default=16, help="test images")
-    p.add_argument("--size", type=lambda t: _size(t)[::-1], default=(1918, 1280), metavar="WxH",
+    p.add_argument("--size", type=_size, default=(1918, 1280), metavar="WxH",
                    help="image size, width x height (default 1918x1280)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--zipped", action="store_true", help="write Kaggle's zip layout")

@@ -1,15 +1,30 @@
-"""tf.data input: DCT-scaled JPEG decode, aspect-keeping resize, padding to the model size.
+"""tf.data input: DCT-scaled JPEG decode, aspect-keeping resize, padding, cache, augmentation.
 
 `decode_image` and `crop_to_image` define the geometry shared by training, evaluation and
 prediction: an image is decoded at 1/k scale, resized to `config.image_size`, and padded at
 the bottom/right to `config.padded_size`; predictions are cropped back before upscaling.
+
+`get_dataset` builds the training/validation input: a Python generator reads JPEG bytes and
+masks through the data layer (zips or folders) in a few threads, masks are shrunk in numpy so
+they stay binary, images are decoded by TensorFlow in parallel, and the decoded uint8 examples
+are cached (memory or file) before any augmentation, so only the first epoch decodes JPEGs.
+The padding of a mask is background (0) and is kept in the loss: the model learns it as easily
+as the studio floor, and excluding it would need a weight map in every batch.
 """
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
 import tensorflow as tf
 
 from carvana.config import TrainConfig
+
+READ_THREADS = 4  # GIF decoding and mask resizing release the GIL
 
 
 def decode_image(jpeg: tf.Tensor, config: TrainConfig) -> tf.Tensor:
@@ -34,3 +49,112 @@ def crop_to_image(padded: tf.Tensor, config: TrainConfig) -> tf.Tensor:
     """Drop the padding of a (batch, padded_h, padded_w, ...) tensor or array."""
     h, w = config.image_size
     return padded[:, :h, :w]
+
+
+def shrink_mask(mask: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """Full-size 0/1 mask -> uint8 0/1 (h, w, 1) at image_size: area coverage >= 0.5."""
+    h, w = config.image_size
+    if mask.shape[:2] != (h, w):
+        # INTER_AREA gives each small pixel the car's share of the pixels it covers.
+        mask = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
+    return mask.astype(np.uint8)[..., None]
+
+
+def read_examples(data, ids: Sequence[str], config: TrainConfig) -> Iterator[tuple[bytes, np.ndarray]]:
+    """Yield (JPEG bytes, shrunk mask) per id, in order, read a few ids ahead in threads."""
+
+    def read(image_id: str):
+        return data.read_train_bytes(image_id), shrink_mask(data.read_mask(image_id), config)
+
+    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read") as pool:
+        ahead: collections.deque = collections.deque()
+        for image_id in ids:
+            ahead.append(pool.submit(read, image_id))
+            if len(ahead) > 2 * READ_THREADS:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
+
+
+def decoded_dataset(data, ids: Sequence[str], config: TrainConfig) -> tf.data.Dataset:
+    """Dataset of (uint8 image (ph, pw, 3), uint8 0/1 mask (ph, pw, 1)) at the model geometry."""
+    h, w = config.image_size
+    ph, pw = config.padded_size
+    ids = list(ids)
+    dataset = tf.data.Dataset.from_generator(
+        lambda: read_examples(data, ids, config),
+        output_signature=(
+            tf.TensorSpec([], tf.string),
+            tf.TensorSpec([h, w, 1], tf.uint8),
+        ),
+    )
+    return dataset.map(
+        lambda jpeg, mask: (
+            decode_image(jpeg, config),
+            tf.image.pad_to_bounding_box(mask, 0, 0, ph, pw),
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+def build_augmenter(seed: int | None = None):
+    """KerasCV augmentation of {"images", "segmentation_masks"} batches: flip, shift, zoom and
+    rotation applied to both; brightness, contrast and hue to the image only."""
+    import keras_cv  # lazily: prediction and evaluation never need it
+
+    # Constant (black, background) fill, like the padding, rather than mirrored car parts.
+    geometry = dict(fill_mode="constant", fill_value=0.0, seed=seed)
+    return [
+        keras_cv.layers.RandomFlip("horizontal", seed=seed),
+        keras_cv.layers.RandomTranslation(0.05, 0.05, **geometry),
+        keras_cv.layers.RandomZoom((-0.1, 0.1), **geometry),
+        # keras_cv 0.9: masks need segmentation_classes (one-hot rotate, argmax back).
+        keras_cv.layers.RandomRotation(5 / 360, segmentation_classes=2, **geometry),
+        keras_cv.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed),
+        keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.15, seed=seed),
+        keras_cv.layers.RandomHue(0.05, value_range=(0, 255), seed=seed),
+    ]
+
+
+def augment_batch(images: tf.Tensor, masks: tf.Tensor, augmenter) -> tuple[tf.Tensor, tf.Tensor]:
+    """Apply the augmentation layers to a float32 batch; masks come back float32 0/1."""
+    batch = {"images": images, "segmentation_masks": masks}
+    for layer in augmenter:
+        batch = layer(batch)
+    masks = tf.cast(tf.cast(batch["segmentation_masks"], tf.float32) >= 0.5, tf.float32)
+    return tf.cast(batch["images"], tf.float32), masks
+
+
+def _to_float(images, masks):
+    return tf.cast(images, tf.float32), tf.cast(masks, tf.float32)
+
+
+def get_dataset(
+    data,
+    ids: Sequence[str],
+    config: TrainConfig,
+    training: bool,
+    cache: str | None = "",
+) -> tf.data.Dataset:
+    """Batches of (float32 images 0..255 (b, ph, pw, 3), float32 0/1 masks (b, ph, pw, 1)).
+
+    `cache`: "" caches decoded examples in memory, a path caches them in that file, None does
+    not cache. Training shuffles every epoch and augments when config.augment is on."""
+    ids = list(ids)
+    if not ids:
+        raise ValueError("no images to build a dataset from")
+    if training:
+        # One fixed mix of cars for the first (cache-filling) epoch; shuffle() mixes later ones.
+        ids = [ids[i] for i in np.random.default_rng(config.seed).permutation(len(ids))]
+    dataset = decoded_dataset(data, ids, config)
+    if cache is not None:
+        dataset = dataset.cache(cache)
+    if training:
+        dataset = dataset.shuffle(min(len(ids), 4096), seed=config.seed)
+    dataset = dataset.batch(config.batch_size).map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    if training and config.augment:
+        augmenter = build_augmenter(config.seed)
+        dataset = dataset.map(
+            lambda x, y: augment_batch(x, y, augmenter), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    return dataset.prefetch(tf.data.AUTOTUNE)

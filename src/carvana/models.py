@@ -1,0 +1,142 @@
+"""Segmentation models built from a TrainConfig: a small self-built CNN and a MobileNetV2 U-Net.
+
+Both take float32 images with values 0..255 at `config.padded_size`, normalize inside (so
+inference needs no preprocessing code) and return float32 logits, one channel, at the input
+size. The logits stay float32 under mixed precision so the loss is computed at full precision.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from carvana.config import MODEL_FILE, TrainConfig
+
+# The TensorFlow segmentation tutorial's skip connections, finest first (strides 2..32).
+MOBILENET_SKIPS = (
+    "block_1_expand_relu",
+    "block_3_expand_relu",
+    "block_6_expand_relu",
+    "block_13_expand_relu",
+    "block_16_project",
+)
+MOBILENET_DECODER = (512, 256, 128, 64)
+CNN_ENCODER = (16, 32, 64, 128)
+CNN_DECODER = (128, 64, 32)
+
+
+def upsample(x, filters: int, name: str, momentum: float):
+    """pix2pix upsample step: stride-2 Conv2DTranspose, BatchNormalization, ReLU."""
+    x = layers.Conv2DTranspose(
+        filters,
+        3,
+        strides=2,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02),
+        name=f"{name}_deconv",
+    )(x)
+    x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _logits(x):
+    x = layers.Conv2DTranspose(1, 3, strides=2, padding="same", name="logits_deconv")(x)
+    # Mixed precision: the cast to float32 keeps the loss and the saved outputs exact.
+    return layers.Activation("linear", dtype="float32", name="logits")(x)
+
+
+def build_cnn(config: TrainConfig) -> keras.Model:
+    """The seed's CNN: 4 conv (kernel 2) + max-pool steps, then pix2pix upsampling, no skips."""
+    ph, pw = config.padded_size
+    inputs = keras.Input((ph, pw, 3), name="image")
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    for i, filters in enumerate(CNN_ENCODER, 1):
+        x = layers.Conv2D(filters, 2, padding="same", activation="relu", name=f"conv_{i}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool_{i}")(x)
+    for i, filters in enumerate(CNN_DECODER, 1):
+        x = upsample(x, filters, f"up_{i}", config.bn_momentum)
+    return keras.Model(inputs, _logits(x), name="cnn")
+
+
+def _mobilenet_weights(weights: str):
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: MobileNetV2 weights file not found (weights must be none, imagenet or a "
+            "path to a no-top weights file)"
+        )
+    return str(path)
+
+
+def build_mobilenet(config: TrainConfig) -> keras.Model:
+    """The tutorial's U-Net: MobileNetV2 encoder, skips at 5 scales, pix2pix decoder."""
+    ph, pw = config.padded_size
+    weights = _mobilenet_weights(config.weights)
+    base = keras.applications.MobileNetV2(
+        input_shape=(ph, pw, 3), include_top=False, weights=weights
+    )
+    encoder = keras.Model(
+        base.input, [base.get_layer(n).output for n in MOBILENET_SKIPS], name="encoder"
+    )
+    if weights is None:
+        # From scratch, Keras's 0.999 lets the moving statistics lag the weights so far that
+        # inference-mode outputs are useless after a few hundred steps.
+        set_bn_momentum(encoder, config.bn_momentum)
+    inputs = keras.Input((ph, pw, 3), name="image")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
+    skips = encoder(x)
+    x = skips[-1]
+    for i, (filters, skip) in enumerate(zip(MOBILENET_DECODER, reversed(skips[:-1])), 1):
+        x = upsample(x, filters, f"up_{i}", config.bn_momentum)
+        x = layers.Concatenate(name=f"skip_{i}")([x, skip])
+    return keras.Model(inputs, _logits(x), name="mobilenet")
+
+
+BUILDERS = {"cnn": build_cnn, "mobilenet": build_mobilenet}
+
+
+def build_model(config: TrainConfig) -> keras.Model:
+    """The model named by config.model, with input (padded_h, padded_w, 3) and logits output."""
+    if config.model not in BUILDERS:
+        raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(BUILDERS)}")
+    return BUILDERS[config.model](config)
+
+
+def iter_layers(model: keras.Model):
+    """Every layer of a model, descending into nested models."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from iter_layers(layer)
+
+
+def set_bn_momentum(model: keras.Model, momentum: float) -> int:
+    """Set the momentum of every BatchNormalization layer; returns how many were changed."""
+    changed = 0
+    for layer in iter_layers(model):
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = momentum
+            changed += 1
+    return changed
+
+
+def count_params(model: keras.Model) -> int:
+    """Number of weights (trainable and not) of a model."""
+    return int(model.count_params())
+
+
+def load_model(run_dir: str | Path) -> keras.Model:
+    """The trained model of a run folder, for inference (no optimizer, no custom objects)."""
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trained model; is this a run folder made by train?")
+    return keras.models.load_model(path, compile=False)

@@ -1,0 +1,201 @@
+"""A local fake of the Kaggle API: enough for the real `kaggle` 2.x client to push, poll, submit.
+
+The client is pointed at it with KAGGLE_API_ENVIRONMENT=LOCALHOST (endpoint http://localhost)
+and HTTP_PROXY=<this server>, so it receives absolute-form requests: every API call is a POST of
+camelCase JSON to /api/v1/<service>/<Method> (field names as in kagglesdk's *_api_service.py),
+plus the PUT of an upload to the createUrl it handed out and the GETs of output file URLs.
+It records what it got; `fail` makes a method answer with an HTTP error.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+KERNELS = "kernels.KernelsApiService"
+COMPETITIONS = "competitions.CompetitionApiService"
+
+
+@dataclass
+class Call:
+    """One request the fake received."""
+
+    method: str
+    path: str
+    json: dict | None = None
+    body: bytes = b""
+    user: str | None = None  # user name of Basic auth, when given
+
+
+@dataclass
+class FakeKaggle:
+    """State and script of the fake: what it returns and what it received."""
+
+    username: str = "alice"
+    key: str = "fake-key"
+    calls: list[Call] = field(default_factory=list)
+    kernels: dict[str, str] = field(default_factory=dict)  # slug -> pushed text
+    versions: dict[str, int] = field(default_factory=dict)
+    uploads: dict[str, bytes] = field(default_factory=dict)  # token -> bytes
+    submissions: list[dict] = field(default_factory=list)
+    outputs: dict[str, bytes] = field(default_factory=dict)  # kernel output files
+    log: str = "kernel log line\n"
+    status: str = "COMPLETE"
+    failure_message: str | None = None
+    fail: dict[str, tuple[int, str | None]] = field(default_factory=dict)  # Method -> (code, msg)
+    url: str = ""
+
+    def api_calls(self, name: str | None = None) -> list[Call]:
+        """The POSTed API calls, optionally only those of one method name."""
+        found = [c for c in self.calls if c.path.startswith("/api/v1/")]
+        return [c for c in found if c.path.rsplit("/", 1)[-1] == name] if name else found
+
+    # -- API methods (request dict -> response dict) -------------------------------------------
+    def SaveKernel(self, request: dict) -> dict:
+        slug = request["slug"]
+        self.kernels[slug] = request["text"]
+        self.versions[slug] = self.versions.get(slug, 0) + 1
+        return {
+            "ref": f"/code/{slug}",
+            "url": f"https://www.kaggle.com/code/{slug}",
+            "versionNumber": self.versions[slug],
+            "kernelId": 1000 + len(self.kernels),
+        }
+
+    def GetKernelSessionStatus(self, request: dict) -> dict:
+        reply = {"status": self.status}
+        if self.failure_message:
+            reply["failureMessage"] = self.failure_message
+        return reply
+
+    def ListKernelSessionOutput(self, request: dict) -> dict:
+        files = [
+            {"url": f"http://localhost/output/{name}", "fileName": name} for name in self.outputs
+        ]
+        return {"files": files, "log": self.log}
+
+    def StartSubmissionUpload(self, request: dict) -> dict:
+        token = f"token-{len(self.uploads) + 1}"
+        self.uploads[token] = b""
+        return {"token": token, "createUrl": f"http://localhost/upload/{token}"}
+
+    def CreateSubmission(self, request: dict) -> dict:
+        token = request.get("blobFileTokens")
+        if token not in self.uploads:
+            raise KeyError(f"unknown upload token {token!r}")
+        self.submissions.append(
+            {
+                "ref": 5000 + len(self.submissions),
+                "date": "2024-05-06T07:08:09.000Z",
+                "description": request.get("submissionDescription", ""),
+                "fileName": "submission.csv.gz",
+                "status": "PENDING",
+                "totalBytes": len(self.uploads[token]),
+            }
+        )
+        return {"message": "Successfully submitted to Carvana Image Masking Challenge", "ref": 1}
+
+    def ListSubmissions(self, request: dict) -> dict:
+        return {"submissions": list(reversed(self.submissions))}
+
+
+def _handler(fake: FakeKaggle):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # keep the test output clean
+            pass
+
+        def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                data = b""
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0], 16)
+                    chunk = self.rfile.read(size)
+                    self.rfile.readline()
+                    if size == 0:
+                        return data
+                    data += chunk
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def _user(self) -> str | None:
+            auth = self.headers.get("Authorization", "")
+            if not auth.startswith("Basic "):
+                return None
+            user, _, key = base64.b64decode(auth[6:]).decode().partition(":")
+            return user if key == fake.key else None
+
+        def _reply(self, code: int, body: bytes, kind: str = "application/json") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, code: int, data: dict) -> None:
+            self._reply(code, json.dumps(data).encode())
+
+        def do_POST(self):
+            path = urlsplit(self.path).path
+            body = self._body()
+            call = Call("POST", path, json.loads(body or b"{}"), body, self._user())
+            fake.calls.append(call)
+            method = path.rsplit("/", 1)[-1]
+            if method in fake.fail:
+                code, message = fake.fail[method]
+                if message is None:  # a bare status, as a proxy or load balancer would send
+                    return self._reply(code, b"error", "text/plain")
+                return self._json(code, {"code": code, "message": message})
+            if call.user != fake.username:
+                return self._json(401, {"code": 401, "message": "Unauthenticated"})
+            if not path.startswith(("/api/v1/" + KERNELS, "/api/v1/" + COMPETITIONS)):
+                return self._json(404, {"code": 404, "message": f"no service {path}"})
+            handler = getattr(fake, method, None)
+            if handler is None:
+                return self._json(404, {"code": 404, "message": f"no method {method}"})
+            try:
+                return self._json(200, handler(call.json))
+            except KeyError as err:
+                return self._json(400, {"code": 400, "message": f"bad request: {err}"})
+
+        def do_PUT(self):
+            path = urlsplit(self.path).path
+            body = self._body()
+            fake.calls.append(Call("PUT", path, None, body))
+            token = path.rsplit("/", 1)[-1]
+            if not path.startswith("/upload/") or token not in fake.uploads:
+                return self._reply(404, b"no such upload", "text/plain")
+            fake.uploads[token] = body
+            self._reply(200, b"", "text/plain")
+
+        def do_GET(self):
+            path = urlsplit(self.path).path
+            fake.calls.append(Call("GET", path))
+            name = path.removeprefix("/output/")
+            if not path.startswith("/output/") or name not in fake.outputs:
+                return self._reply(404, b"no such file", "text/plain")
+            self._reply(200, fake.outputs[name], "application/octet-stream")
+
+    return Handler
+
+
+class FakeKaggleServer:
+    """The fake on 127.0.0.1:<free port> in a thread; a context manager."""
+
+    def __init__(self, fake: FakeKaggle | None = None):
+        self.fake = fake or FakeKaggle()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self.fake))
+        self.server.daemon_threads = True
+        self.fake.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeKaggle:
+        self.thread.start()
+        return self.fake
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)

@@ -1,0 +1,151 @@
+"""Carvana RLE: hand-computed cases, the validator's messages, and round-trip properties."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from carvana import rle
+
+
+def kaggle_encode(mask):
+    """The widely used Kaggle encoder, as an independent reference."""
+    pixels = np.concatenate([[0], mask.flatten(), [0]])
+    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(str(x) for x in runs)
+
+
+M = np.array
+CASES = [
+    ("empty", M([[0, 0], [0, 0]]), ""),
+    ("full 2x2", M([[1, 1], [1, 1]]), "1 4"),
+    ("first pixel", M([[1, 0, 0], [0, 0, 0]]), "1 1"),
+    ("last pixel", M([[0, 0, 0], [0, 0, 1]]), "6 1"),
+    ("top row is row-major", M([[1, 1, 0], [0, 0, 0]]), "1 2"),
+    ("left column is not contiguous row-major", M([[1, 0, 0], [1, 0, 0]]), "1 1 4 1"),
+    ("run crossing the row end", M([[0, 1, 1], [1, 0, 1]]), "2 3 6 1"),
+    ("alternating", M([[1, 0, 1], [0, 1, 0]]), "1 1 3 1 5 1"),
+    ("any non-zero is car", M([[0, 255], [7, 0]]), "2 2"),
+    ("single pixel mask", M([[1]]), "1 1"),
+    ("one column", M([[0], [1], [1]]), "2 2"),
+]
+
+
+@pytest.mark.parametrize("name,mask,expected", CASES, ids=[c[0] for c in CASES])
+def test_encode_hand_computed(name, mask, expected):
+    assert rle.encode(mask) == expected
+    shape = mask.shape
+    assert np.array_equal(rle.decode(expected, shape), (mask != 0).astype(np.uint8))
+
+
+def test_row_major_differs_from_column_major():
+    mask = M([[1, 1, 0], [0, 0, 0]])
+    assert rle.encode(mask) == "1 2"
+    assert rle.encode(mask.T.copy()) == "1 1 3 1"  # the column-major reading of the same car
+    assert rle.encode(np.asfortranarray(mask)) == "1 2"  # memory order does not matter
+
+
+def test_encode_accepts_bool_and_views():
+    mask = np.zeros((4, 6), bool)
+    mask[1:3, 2:5] = True
+    assert rle.encode(mask) == "9 3 15 3"
+    assert rle.encode(mask[:, ::-1]) == "8 3 14 3"
+
+
+def test_encode_rejects_non_2d():
+    with pytest.raises(ValueError, match="2-D"):
+        rle.encode(np.zeros((2, 2, 3)))
+
+
+def test_decode_dtype_and_shape():
+    out = rle.decode("2 2", (2, 3))
+    assert out.dtype == np.uint8 and out.shape == (2, 3)
+    assert out.tolist() == [[0, 1, 1], [0, 0, 0]]
+
+
+@pytest.mark.parametrize("empty", [None, math.nan, float("nan"), "", "   "])
+def test_missing_rle_decodes_to_zeros(empty):
+    out = rle.decode(empty, (3, 4))
+    assert out.shape == (3, 4) and not out.any()
+
+
+def test_adjacent_runs_are_valid():
+    assert rle.decode("1 2 3 1", (2, 3)).ravel().tolist() == [1, 1, 1, 0, 0, 0]
+
+
+BAD = [
+    ("1 2 3", "odd number of values \\(3\\)"),
+    ("1 2.5", "non-integer"),
+    ("a 1", "non-integer"),
+    ("0 2", "pair 1: start 0 is not positive"),
+    ("-3 2", "pair 1: start -3 is not positive"),
+    ("1 0", "pair 1: length 0 is not positive"),
+    ("2 1 4 -1", "pair 2: length -1 is not positive"),
+    ("5 1 2 1", "pair 2: start 2 is not after previous start 5"),
+    ("3 1 3 1", "pair 2: start 3 is not after previous start 3"),
+    ("1 3 2 1", "pair 2: run starting at 2 overlaps the run ending at 3"),
+    ("5 3", "ends at pixel 7, beyond the 2x3 mask"),
+    ("7 1", "ends at pixel 7, beyond the 2x3 mask"),
+]
+
+
+@pytest.mark.parametrize("code,message", BAD)
+def test_validator_rejects(code, message):
+    with pytest.raises(rle.RLEError, match=message):
+        rle.validate(code, (2, 3))
+    with pytest.raises(ValueError, match=message):  # RLEError is a ValueError for the CLI
+        rle.decode(code, (2, 3))
+
+
+def test_validator_rejects_non_string():
+    with pytest.raises(rle.RLEError, match="must be a string, got int"):
+        rle.validate(12, (2, 3))
+
+
+def test_validate_returns_pairs():
+    assert rle.validate("1 2 5 2", (2, 3)).tolist() == [[1, 2], [5, 2]]
+
+
+def test_dice():
+    a = M([[1, 1], [0, 0]])
+    b = M([[1, 0], [1, 0]])
+    assert rle.dice(a, b) == pytest.approx(0.5)
+    assert rle.dice(a, a) == 1.0
+    assert rle.dice(np.zeros((2, 2)), np.zeros((2, 2))) == 1.0
+    assert rle.dice(a, np.zeros((2, 2))) == 0.0
+
+
+@st.composite
+def masks(draw):
+    h = draw(st.integers(1, 20))
+    w = draw(st.integers(1, 20))
+    kind = draw(st.sampled_from(["random", "blob"]))
+    if kind == "random":
+        return draw(arrays(np.uint8, (h, w), elements=st.integers(0, 1)))
+    # A filled rectangle: long runs crossing rows, like a car.
+    r0, r1 = sorted(draw(st.integers(0, h)) for _ in range(2))
+    c0, c1 = sorted(draw(st.integers(0, w)) for _ in range(2))
+    mask = np.zeros((h, w), np.uint8)
+    mask[r0:r1, c0:c1] = 1
+    return mask
+
+
+@settings(max_examples=300, deadline=None)
+@given(masks())
+def test_round_trip(mask):
+    code = rle.encode(mask)
+    pairs = rle.validate(code, mask.shape)
+    assert pairs[:, 1].sum() == mask.sum()
+    assert np.array_equal(rle.decode(code, mask.shape), mask)
+    assert code == kaggle_encode(mask)
+
+
+@settings(max_examples=100, deadline=None)
+@given(masks())
+def test_decode_then_encode_is_identity(mask):
+    code = kaggle_encode(mask)
+    assert rle.encode(rle.decode(code, mask.shape)) == code
