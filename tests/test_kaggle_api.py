@@ -7,7 +7,7 @@ import pytest
 from fake_kaggle import FakeKaggle, FakeKaggleServer
 
 from carvana import cli, kaggle_api
-from carvana.dataset import COMPETITION
+from carvana.dataset import COMPETITION, CarvanaData
 
 KEY = "k3y-that-must-never-show-0123456789"
 
@@ -144,7 +144,7 @@ def test_no_submissions_yet(creds):
         ("img,mask\na_01.jpg,1 2\n", "header must be img,rle_mask"),
         ("img,rle_mask\na_01.jpg,5 3 2 1\n", "line 2 (a_01.jpg): bad RLE"),
         ("img,rle_mask\na_01.jpg,1 3000000\n", "line 2 (a_01.jpg): bad RLE"),
-        ("img,rle_mask\n", "no rows"),
+        ("img,rle_mask\n", "no rows after the header"),
     ],
 )
 def test_submit_refuses_an_invalid_file_without_any_call(creds, tmp_path, bad, problem):
@@ -155,6 +155,18 @@ def test_submit_refuses_an_invalid_file_without_any_call(creds, tmp_path, bad, p
         kaggle_api.submit(path, "bad")
     assert problem in str(err.value)
     assert creds.calls == []
+
+
+def test_submit_with_data_checks_against_the_test_set(creds, synth_dirs, tmp_path):
+    data = CarvanaData(synth_dirs["zipped"])
+    names = data.test_names()
+    path = write_submission(tmp_path / "s.csv.gz", [(n, "1 5") for n in names[1:]])
+    with pytest.raises(ValueError, match=f"missing id {names[0]}"):
+        kaggle_api.submit(path, "incomplete", data=data)
+    assert creds.calls == []
+    write_submission(path, [(n, "1 5") for n in names])
+    assert "Successfully submitted" in kaggle_api.submit(path, "complete", data=data)
+    assert creds.uploads["token-1"] == path.read_bytes()
 
 
 @pytest.mark.parametrize(

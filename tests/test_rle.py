@@ -56,6 +56,34 @@ def test_encode_accepts_bool_and_views():
     assert rle.encode(mask[:, ::-1]) == "8 3 14 3"
 
 
+@pytest.mark.parametrize("period", [2, 3, 4, 8, 16, 24])
+def test_long_periodic_masks(period):
+    tile = np.zeros(period, np.uint8)
+    tile[: period // 2 or 1] = 1
+    mask = np.resize(tile, 64 * 67).reshape(64, 67)
+    assert rle.encode(mask) == kaggle_encode(mask)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float32, bool])
+def test_dtypes_and_values(dtype):
+    rng = np.random.default_rng(0)
+    base = (rng.random((37, 53)) > 0.6).astype(np.uint8)
+    mask = (base * (255 if dtype is np.uint8 else 1)).astype(dtype)
+    assert rle.encode(mask) == kaggle_encode(base)
+    assert rle.encode(np.asfortranarray(mask)) == kaggle_encode(base)
+    assert rle.encode(mask.tolist()) == kaggle_encode(base)
+
+
+def test_full_size_car_like_mask():
+    mask = np.zeros(rle.ORIGINAL_SHAPE, np.uint8)
+    mask[300:1000, 200:1700] = 1
+    mask[1000:1100, 350:500] = 1
+    code = rle.encode(mask)
+    assert code == kaggle_encode(mask)
+    assert code.split()[:2] == [str(300 * 1918 + 201), "1500"]
+    assert np.array_equal(rle.decode(code), mask)
+
+
 def test_encode_rejects_non_2d():
     with pytest.raises(ValueError, match="2-D"):
         rle.encode(np.zeros((2, 2, 3)))
@@ -123,9 +151,13 @@ def test_dice():
 def masks(draw):
     h = draw(st.integers(1, 20))
     w = draw(st.integers(1, 20))
-    kind = draw(st.sampled_from(["random", "blob"]))
+    kind = draw(st.sampled_from(["random", "blob", "pattern"]))
     if kind == "random":
         return draw(arrays(np.uint8, (h, w), elements=st.integers(0, 1)))
+    if kind == "pattern":  # a short period repeated: many equal 8-pixel words that are not constant
+        period = draw(st.sampled_from([1, 2, 3, 4, 8, 16]))
+        tile = draw(arrays(np.uint8, period, elements=st.integers(0, 1)))
+        return np.resize(tile, h * w).reshape(h, w)
     # A filled rectangle: long runs crossing rows, like a car.
     r0, r1 = sorted(draw(st.integers(0, h)) for _ in range(2))
     c0, c1 = sorted(draw(st.integers(0, w)) for _ in range(2))

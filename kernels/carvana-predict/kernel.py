@@ -28,7 +28,10 @@ def main():
     print(f"model: {run_dir}  output: {out}")
     progress = os.environ.get("CARVANA_PROGRESS", "1") != "0"
     summary = predict(CarvanaData(competition_dir()), run_dir, out, config, progress=progress)
-    print({k: v for k, v in summary.items() if not isinstance(v, list | dict)})
+    print(
+        f"{out}: {summary['rows']} rows in {summary['seconds']} s, "
+        f"{len(summary['bad_images'])} unreadable image(s), {len(summary['problems'])} problem(s)"
+    )
     if not summary["ok"]:
         sys.exit(f"{out}: prediction or validation failed; see the messages above")
 

@@ -179,9 +179,10 @@ def _samples_section(data: CarvanaData, ids: list[str], out: Path) -> list[str]:
 def _metadata_section(data: CarvanaData, table, out: Path) -> list[str]:
     lines = ["## Makes and years", ""]
     cars = table.drop_duplicates("id")
-    if data.metadata_path is None or cars["make"].isna().all():
-        where = data.metadata_path or data.root
-        return lines + [f"No metadata.csv in {where}: makes and years are unknown.", ""]
+    if data.metadata_path is None:
+        return lines + [f"No metadata.csv in {data.root}: makes and years are unknown.", ""]
+    if cars["make"].isna().all():
+        return lines + [f"{data.metadata_path} has no rows for the training cars.", ""]
     makes = cars["make"].fillna("(unknown)").value_counts()
     years = cars["year"].dropna().astype(int).value_counts().sort_index()
     _bar_chart(makes.head(30), "Training cars per make", "make", out / "makes.png", True)

@@ -164,45 +164,12 @@ def kernel_output(name: str, path: str | Path, username: str | None = None) -> l
 
 
 def _check_submission(path: Path, data) -> list[str]:
-    """Problems of a submission file; without data, the header and RLE syntax at 1280x1918."""
-    if data is not None:
-        from carvana.submission import validate
+    """Problems of a submission file; without data, header, ids and RLE syntax at 1280x1918."""
+    from carvana.submission import read_rows, validate
 
-        return validate(path, data)
-    return _check_syntax(path)
-
-
-def _check_syntax(path: Path, limit: int = 10) -> list[str]:
-    """Header img,rle_mask and every RLE valid for Carvana's 1280x1918 images."""
-    import csv
-    import gzip
-
-    from carvana import rle
-
-    opener = gzip.open if path.suffix == ".gz" else open
-    problems: list[str] = []
-    try:
-        with opener(path, "rt", newline="") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header != ["img", "rle_mask"]:
-                return [f"{path}: line 1: header must be img,rle_mask, got {header}"]
-            rows = 0
-            for line, row in enumerate(reader, 2):
-                rows += 1
-                if len(row) != 2:
-                    problems.append(f"{path}: line {line}: expected 2 columns, got {len(row)}")
-                    continue
-                try:
-                    rle.validate(row[1], rle.ORIGINAL_SHAPE)
-                except rle.RLEError as err:
-                    problems.append(f"{path}: line {line} ({row[0]}): bad RLE: {err}")
-                if len(problems) >= limit:
-                    break
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as err:
-        return [f"{path}: cannot read as a (gzipped) CSV: {err}"]
-    if not rows and not problems:
-        problems.append(f"{path}: no rows")
+    problems = validate(path, data)
+    if not problems and next(read_rows(path), None) is None:
+        problems.append("no rows after the header")
     return problems
 
 

@@ -155,10 +155,10 @@ def predict_masks(
                         (name, pool.submit(_postprocess, prob, size, pconfig.threshold, encode))
                     )
                 yield from drain(limit)
-            if failure:
-                raise failure[0]
             skipped(None)
             yield from drain(0)
+            if failure:
+                raise failure[0]
         finally:
             for _, future in in_flight:
                 if isinstance(future, Future):

@@ -47,11 +47,11 @@ def _changes(flat: np.ndarray) -> np.ndarray:
         words = flat[:n8].view(np.uint64)
         starts = np.concatenate(([0], np.flatnonzero(words[1:] != words[:-1]) + 1))
         values = words[starts]
-        mixed = np.flatnonzero((values != 0) & (values != ONES))
-        ends = np.append(starts[1:], words.size)
-        # Candidates: the first word of every segment of equal words (a change may sit on its
-        # first byte) and every word of a segment of equal words that are not constant.
-        candidates = np.union1d(starts, _word_ranges(starts[mixed], ends[mixed]))
+        mixed = (values != 0) & (values != ONES)
+        ends = np.where(mixed, np.append(starts[1:], words.size), starts + 1)
+        # Candidates, ascending: the first word of every segment of equal words (a change may
+        # sit on its first byte), and every word of a segment whose words are not constant.
+        candidates = _word_ranges(starts, ends)
         pos = (candidates[:, None] * 8 + np.arange(8)).ravel()
         current = flat[pos]
         previous = flat[np.maximum(pos - 1, 0)]
@@ -69,12 +69,14 @@ def _changes(flat: np.ndarray) -> np.ndarray:
 
 def encode(mask: np.ndarray) -> str:
     """Encode a 2-D mask (any non-zero value counts as car) as a Carvana RLE string."""
+    mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D (height, width), got shape {mask.shape}")
-    changes = _changes(_binary_bytes(np.asarray(mask))).astype(np.int64)
+    changes = _changes(_binary_bytes(mask)).astype(np.int64)
     changes[1::2] -= changes[::2]  # end positions become run lengths
     changes[::2] += 1  # 1-indexed starts
-    return " ".join(map(str, changes.tolist()))
+    values = changes.tolist()
+    return ("%d " * len(values) % tuple(values))[:-1]  # faster than " ".join(map(str, ...))
 
 
 def parse(rle) -> np.ndarray:

@@ -48,8 +48,9 @@ def _is_gzip(path: Path) -> bool:
 
 
 def iter_lines(path: str | Path, strict: bool = True) -> Iterator[str]:
-    """Lines of a plain or gzip (multi-member) text file; strict=False keeps the complete
-    lines of a truncated file and drops the cut one, strict=True raises TruncatedError."""
+    """Lines of a plain or gzip (multi-member) text file. strict=False (a partial file) keeps
+    the newline-terminated lines and drops a cut last one; strict=True raises TruncatedError
+    for a gzip stream that ends early."""
     path = Path(path)
     gz = _is_gzip(path)
     tail = b""
@@ -79,7 +80,8 @@ def iter_lines(path: str | Path, strict: bool = True) -> Iterator[str]:
     truncated = gz and not inflater.eof
     if truncated and strict:
         raise TruncatedError(f"{path}: gzip stream ends early (truncated file)")
-    if tail and not truncated:  # a last line without newline is complete in a finished file
+    # A finished file may end without a newline; a partial one was cut inside that last line.
+    if tail and strict:
         yield _text(tail, path)
 
 

@@ -94,19 +94,19 @@ def _cylinder(cx: float, cy: float, cz: float, radius: float, width: float, n: i
 
 
 def _faces(verts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Side faces and top of a prism from `_prism`: (outward unit normal, 4 or more corners)."""
+    """Side faces and top of a prism from `_prism`: (outward unit normal, vertex indices)."""
     ring = len(verts) // 2
-    bottom, top = verts[:ring], verts[ring:]
     centre = verts.mean(axis=0)
     faces = []
     for i in range(ring):
         j = (i + 1) % ring
-        quad = np.array([bottom[i], bottom[j], top[j], top[i]])
+        index = np.array([i, j, ring + j, ring + i])  # bottom edge i->j, then top edge j->i
+        quad = verts[index]
         normal = np.cross(quad[1] - quad[0], quad[3] - quad[0])
         if normal @ (quad.mean(axis=0) - centre) < 0:
             normal = -normal
-        faces.append((normal / np.linalg.norm(normal), quad))
-    faces.append((np.array([0.0, 0.0, 1.0]), top))
+        faces.append((normal / np.linalg.norm(normal), index))
+    faces.append((np.array([0.0, 0.0, 1.0]), np.arange(ring, 2 * ring)))
     return faces
 
 
@@ -235,10 +235,11 @@ class _Renderer:
             (car.cabin, car.cabin_faces, True),
         ):
             colour = car.colour
-            fill(hull(project(verts)), colour * 0.6, True)
-            for normal, quad in solid_faces(faces):
+            uv = project(verts)
+            fill(hull(uv), colour * 0.6, True)
+            for normal, index in solid_faces(faces):
                 is_roof = normal[2] > 0.99
-                quv = project(quad)
+                quv = uv[index]
                 fill(hull(quv), shade(normal, colour), False)
                 if glass and not is_roof:
                     # Glass inset inside the face leaves the pillars in body colour.
@@ -246,7 +247,7 @@ class _Renderer:
                     pane = centre + (quv - centre) * [0.86, 0.78]
                     fill(hull(pane), shade(normal, car.glass) * 1.1, False)
                 elif not glass and abs(normal[0]) > 0.99:
-                    self._lamps(fill, project, quad, normal, shade)
+                    self._lamps(fill, project, verts[index], normal, shade)
 
         # Outer faces of the near wheels go over the body, as seen through the wheel arches.
         for verts in wheels:
@@ -298,6 +299,15 @@ class _Renderer:
         if front:
             uv = project(patch(0.3, 0.7, 0.35, 0.8))
             fill(np.round(uv * (1 << SHIFT)).astype(np.int32), np.array([25, 25, 28]), False)
+
+
+def render_car(
+    size: tuple[int, int] = rle.ORIGINAL_SHAPE, seed: int = 0, angle: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic car photo (RGB uint8) and its 0/1 mask at `size` (h, w), angle 1..16."""
+    if not 1 <= angle <= len(ANGLES):
+        raise ValueError(f"angle must be 1..{len(ANGLES)}, got {angle}")
+    return _Renderer(size).render(_Car(np.random.default_rng(seed)), angle)
 
 
 # -- files ------------------------------------------------------------------------------------
