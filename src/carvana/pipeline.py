@@ -88,6 +88,8 @@ def decoded_dataset(data, ids: Sequence[str], config: TrainConfig) -> tf.data.Da
             tf.TensorSpec([h, w, 1], tf.uint8),
         ),
     )
+    # A known length lets Keras count steps (and not warn that the input "ran out").
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(ids)))
     return dataset.map(
         lambda jpeg, mask: (
             decode_image(jpeg, config),
@@ -95,34 +97,6 @@ def decoded_dataset(data, ids: Sequence[str], config: TrainConfig) -> tf.data.Da
         ),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-
-
-def build_augmenter(seed: int | None = None):
-    """KerasCV augmentation of {"images", "segmentation_masks"} batches: flip, shift, zoom and
-    rotation applied to both; brightness, contrast and hue to the image only."""
-    import keras_cv  # lazily: prediction and evaluation never need it
-
-    # Constant (black, background) fill, like the padding, rather than mirrored car parts.
-    geometry = dict(fill_mode="constant", fill_value=0.0, seed=seed)
-    return [
-        keras_cv.layers.RandomFlip("horizontal", seed=seed),
-        keras_cv.layers.RandomTranslation(0.05, 0.05, **geometry),
-        keras_cv.layers.RandomZoom((-0.1, 0.1), **geometry),
-        # keras_cv 0.9: masks need segmentation_classes (one-hot rotate, argmax back).
-        keras_cv.layers.RandomRotation(5 / 360, segmentation_classes=2, **geometry),
-        keras_cv.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed),
-        keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.15, seed=seed),
-        keras_cv.layers.RandomHue(0.05, value_range=(0, 255), seed=seed),
-    ]
-
-
-def augment_batch(images: tf.Tensor, masks: tf.Tensor, augmenter) -> tuple[tf.Tensor, tf.Tensor]:
-    """Apply the augmentation layers to a float32 batch; masks come back float32 0/1."""
-    batch = {"images": images, "segmentation_masks": masks}
-    for layer in augmenter:
-        batch = layer(batch)
-    masks = tf.cast(tf.cast(batch["segmentation_masks"], tf.float32) >= 0.5, tf.float32)
-    return tf.cast(batch["images"], tf.float32), masks
 
 
 def _to_float(images, masks):
@@ -135,11 +109,13 @@ def get_dataset(
     config: TrainConfig,
     training: bool,
     cache: str | None = "",
+    augmenter: str = "fused",
 ) -> tf.data.Dataset:
     """Batches of (float32 images 0..255 (b, ph, pw, 3), float32 0/1 masks (b, ph, pw, 1)).
 
     `cache`: "" caches decoded examples in memory, a path caches them in that file, None does
-    not cache. Training shuffles every epoch and augments when config.augment is on."""
+    not cache. Training shuffles every epoch and augments when config.augment is on, with
+    carvana.augment's "fused" KerasCV layers or keras_cv's "stock" ones."""
     ids = list(ids)
     if not ids:
         raise ValueError("no images to build a dataset from")
@@ -153,8 +129,14 @@ def get_dataset(
         dataset = dataset.shuffle(min(len(ids), 4096), seed=config.seed)
     dataset = dataset.batch(config.batch_size).map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
     if training and config.augment:
-        augmenter = build_augmenter(config.seed)
+        # Imported here: prediction and evaluation must not need keras_cv.
+        from carvana import augment
+
+        builders = {"fused": augment.fused_augmenter, "stock": augment.stock_augmenter}
+        if augmenter not in builders:
+            raise ValueError(f"unknown augmenter {augmenter!r}; choose one of fused, stock")
+        layers = builders[augmenter](config.seed)
         dataset = dataset.map(
-            lambda x, y: augment_batch(x, y, augmenter), num_parallel_calls=tf.data.AUTOTUNE
+            lambda x, y: augment.augment_batch(x, y, layers), num_parallel_calls=tf.data.AUTOTUNE
         )
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -66,6 +66,11 @@ def _postprocess(prob, size, threshold, encode):
     return rle.encode(mask.view(bool)) if encode else mask
 
 
+def _columns(chunk: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
+    indices, data = zip(*chunk, strict=True)
+    return np.array(indices, np.int64), np.array(data, dtype=object)
+
+
 def _tf_message(err: Exception) -> str:
     text = getattr(err, "message", str(err))
     text = re.sub(r"\{\{[^}]*\}\}", "", text).strip().splitlines()
@@ -88,6 +93,8 @@ def predict_masks(
     failure: list[BaseException] = []
 
     def produce():
+        # Chunks of items, not single ones: each from_generator step costs a Python call.
+        chunk: list[tuple[int, bytes]] = []
         try:
             for index, (name, data) in enumerate(items):
                 try:
@@ -97,7 +104,12 @@ def predict_masks(
                     pending.append((index, name, None, None))
                     continue
                 pending.append((index, name, size, data))
-                yield index, data
+                chunk.append((index, data))
+                if len(chunk) == pconfig.batch_size:
+                    yield _columns(chunk)
+                    chunk = []
+            if chunk:
+                yield _columns(chunk)
         except GeneratorExit:
             raise
         except BaseException as err:  # the caller's iterable failed: re-raised below, unchanged
@@ -108,12 +120,13 @@ def predict_masks(
     )
     dataset = tf.data.Dataset.from_generator(
         produce,
-        output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string)),
+        output_signature=(tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string)),
     )
     # A corrupt JPEG fails only its own element: ignore_errors drops it, and the index tells
     # which element is missing, so its row is still produced (as None) in its place.
     dataset = (
-        dataset.map(
+        dataset.unbatch()
+        .map(
             lambda i, data: (i, decode(data)),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,

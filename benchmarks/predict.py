@@ -1,0 +1,243 @@
+"""Throughput and memory of the streaming predictor at Carvana's full resolution (1918x1280).
+
+Prints: RLE and post-process (upscale + threshold + RLE) images/s; model-alone vs end-to-end
+images/s and their ratio for the MobileNetV2 U-Net at 160x256 (random weights); end-to-end
+images/s with a trivial 1x1-conv model (post-processing bound); peak RSS of `predict` at 1k and
+10k images; the projected time for Kaggle's 100,064 test images on this machine.
+
+The test set is synthetic: a few distinct rendered 1918x1280 car JPEGs (~95 kB, like Kaggle's
+~78 kB) stored in test.zip under many names. End-to-end rates are steady-state: the difference
+of two `predict` runs (n0 and n images) removes start-up (model load, tracing).
+
+    python benchmarks/predict.py                       # 10k images for the RSS figure
+    python benchmarks/predict.py --images 2000 --skip-mobilenet
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+KAGGLE_TEST_IMAGES = 100_064
+FULL = (1280, 1918)
+DISTINCT = 16
+
+RSS_SCRIPT = """
+import resource, sys, time
+from pathlib import Path
+from carvana.config import PredictConfig
+from carvana.dataset import CarvanaData
+from carvana.predict import predict
+data, run, out, n, batch = sys.argv[1:6]
+began = time.perf_counter()
+summary = predict(CarvanaData(data), Path(run), Path(out),
+                  PredictConfig(batch_size=int(batch), limit=int(n)), progress=False)
+assert summary["ok"] and summary["rows"] == int(n), summary
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - began)
+"""
+
+
+def load() -> str:
+    return "load average %.2f %.2f %.2f" % os.getloadavg()
+
+
+def make_test_set(root: Path, images: int) -> Path:
+    """root/test.zip holding `images` names over DISTINCT rendered car JPEGs; reused if there."""
+    from carvana.synth import _jpeg, render_car
+
+    archive = root / "test.zip"
+    if archive.exists():
+        with zipfile.ZipFile(archive) as z:
+            if len(z.namelist()) >= images:
+                return root
+    root.mkdir(parents=True, exist_ok=True)
+    jpegs = [_jpeg(render_car(FULL, seed=i, angle=1 + i % 16)[0]) for i in range(DISTINCT)]
+    tmp = archive.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+        for i in range(images):
+            z.writestr(f"{i // 16:012x}_{1 + i % 16:02d}.jpg", jpegs[i % DISTINCT])
+    os.replace(tmp, archive)
+    print(
+        f"test set: {images} names over {DISTINCT} JPEGs of ~{np.mean([len(j) for j in jpegs]) / 1e3:.0f} kB"
+    )
+    return root
+
+
+def car_probabilities(config) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Full-size car masks and blurred uint8 probability maps at the model's image size."""
+    from carvana.synth import render_car
+
+    h, w = config.image_size
+    masks, probs = [], []
+    for i in range(8):
+        mask = render_car(FULL, seed=100 + i, angle=1 + 2 * i)[1]
+        small = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+        small = cv2.GaussianBlur(small, (5, 5), 1.0)
+        masks.append(mask)
+        probs.append(np.round(small * 255).astype(np.uint8))
+    return masks, probs
+
+
+def rate(fn, items, seconds: float = 3.0) -> float:
+    """Items per second of fn over items, repeated for about `seconds`."""
+    fn(items[0])
+    done, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        for item in items:
+            fn(item)
+        done += len(items)
+    return done / (time.perf_counter() - began)
+
+
+def pooled_rate(fn, items, workers: int, seconds: float = 3.0) -> float:
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(fn, items))
+        done, began = 0, time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            batch = items * 8
+            list(pool.map(fn, batch))
+            done += len(batch)
+    return done / (time.perf_counter() - began)
+
+
+def save_run(run_dir: Path, config, model) -> Path:
+    config.save(run_dir)
+    model.save(run_dir / "model.keras")
+    return run_dir
+
+
+def trivial_model(config):
+    import keras
+
+    ph, pw = config.padded_size
+    inputs = keras.Input((ph, pw, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
+    return keras.Model(inputs, keras.layers.Conv2D(1, 1, name="logits")(x))
+
+
+def steady_rate(data, run_dir: Path, out: Path, n0: int, n: int, batch: int) -> tuple[float, dict]:
+    """Images/s of predict between n0 and n images (start-up cancels out), and the n summary."""
+    from carvana.config import PredictConfig
+    from carvana.predict import predict
+
+    def loop_seconds(limit):
+        summary = predict(
+            data, run_dir, out, PredictConfig(batch_size=batch, limit=limit), progress=False
+        )
+        assert summary["ok"], summary["problems"][:3]
+        return summary["predicted"] / summary["images_per_s"], summary
+
+    t0, _ = loop_seconds(n0)
+    t1, summary = loop_seconds(n)
+    return (n - n0) / (t1 - t0), summary
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=10_000, help="largest RSS run (and zip)")
+    parser.add_argument("--trivial-images", type=int, default=3000, help="trivial-model run")
+    parser.add_argument("--mobilenet-images", type=int, default=384)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "carvana-bench")
+    parser.add_argument("--skip-mobilenet", action="store_true")
+    parser.add_argument("--skip-rss", action="store_true")
+    args = parser.parse_args(argv)
+
+    from carvana import rle
+    from carvana.config import PredictConfig, TrainConfig
+    from carvana.dataset import CarvanaData
+    from carvana.predict import _postprocess, make_forward
+
+    print(f"{os.cpu_count()} CPU(s); {load()}")
+    data = CarvanaData(make_test_set(args.work / "data", max(args.images, args.trivial_images)))
+    config = TrainConfig(model="cnn", image_size=(160, 240), original_size=FULL)
+    pconfig = PredictConfig(batch_size=args.batch_size)
+
+    masks, probs = car_probabilities(config)
+    runs = np.mean([len(rle.encode(m).split()) // 2 for m in masks])
+    print(f"\n[post-processing at 1918x1280, car masks with ~{runs:.0f} runs]")
+    print(f"  RLE encode, 1 thread:                 {rate(rle.encode, masks):8.0f} img/s")
+    post = lambda p: _postprocess(p, FULL, 0.5, True)  # noqa: E731
+    print(f"  upscale+threshold+RLE, 1 thread:      {rate(post, probs):8.0f} img/s")
+    print(
+        f"  upscale+threshold+RLE, {pconfig.workers} threads:     "
+        f"{pooled_rate(post, probs, pconfig.workers):8.0f} img/s"
+    )
+
+    print(f"\n[end-to-end, trivial 1x1-conv model at 160x256, batch {args.batch_size}]  {load()}")
+    trivial = save_run(args.work / "run-trivial", config, trivial_model(config))
+    n = args.trivial_images
+    e2e_trivial, summary = steady_rate(
+        data, trivial, args.work / "trivial.csv.gz", n // 10, n, args.batch_size
+    )
+    print(
+        f"  predict (zip -> decode -> model -> upscale -> RLE -> csv.gz): {e2e_trivial:6.0f} img/s"
+    )
+    print(f"  ({summary['rows']} rows in {summary['seconds']:.1f} s incl. start-up and validation)")
+
+    e2e = None
+    if not args.skip_mobilenet:
+        import tensorflow as tf
+
+        from carvana.models import build_model
+
+        mconfig = TrainConfig(model="mobilenet", image_size=(160, 240), original_size=FULL)
+        model = build_model(mconfig)
+        mrun = save_run(args.work / "run-mobilenet", mconfig, model)
+        ph, pw = mconfig.padded_size
+        print(f"\n[MobileNetV2 U-Net at {ph}x{pw}, batch {args.batch_size}]  {load()}")
+        forward = make_forward(model, mconfig)
+        batch = tf.constant(
+            np.random.default_rng(0).integers(0, 256, (args.batch_size, ph, pw, 3), np.uint8)
+        )
+        alone = rate(lambda b: forward(b).numpy(), [batch], seconds=10.0) * args.batch_size
+        print(f"  model alone (forward of a ready batch):  {alone:6.1f} img/s")
+        n = args.mobilenet_images
+        e2e, _ = steady_rate(
+            data, mrun, args.work / "mobilenet.csv.gz", 2 * args.batch_size, n, args.batch_size
+        )
+        alone2 = rate(lambda b: forward(b).numpy(), [batch], seconds=10.0) * args.batch_size
+        print(f"  end-to-end predict:                      {e2e:6.1f} img/s")
+        print(f"  model alone, measured again:             {alone2:6.1f} img/s")
+        print(f"  ratio end-to-end / model alone:          {e2e / ((alone + alone2) / 2):6.2f}")
+
+    if not args.skip_rss:
+        print(f"\n[peak RSS of predict (trivial model), subprocesses]  {load()}")
+        peaks = {}
+        for count in sorted({min(1000, args.images), args.images}):
+            out = subprocess.run(
+                [sys.executable, "-c", RSS_SCRIPT, str(data.root), str(trivial),
+                 str(args.work / f"rss{count}.csv.gz"), str(count), str(args.batch_size)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            kb, seconds = out.stdout.split()[-2:]
+            peaks[count] = int(kb) / 1024
+            print(f"  {count:6d} images: peak RSS {peaks[count]:7.1f} MB ({float(seconds):.0f} s)")
+        if len(peaks) == 2:
+            (a, ra), (b, rb) = sorted(peaks.items())
+            print(f"  growth {a} -> {b} images: {rb - ra:+.1f} MB")
+
+    print(f"\n[projection for {KAGGLE_TEST_IMAGES} test images on this machine]")
+    print(f"  trivial model:  {KAGGLE_TEST_IMAGES / e2e_trivial / 60:7.1f} min")
+    if e2e:
+        print(f"  MobileNetV2 U-Net 160x256: {KAGGLE_TEST_IMAGES / e2e / 3600:7.2f} h")
+    print(
+        f"self: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; {load()}"
+    )
+
+
+if __name__ == "__main__":
+    main()
