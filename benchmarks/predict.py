@@ -51,7 +51,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - 
 
 
 def load() -> str:
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
+    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 def make_test_set(root: Path, images: int) -> Path:
@@ -128,21 +128,49 @@ def trivial_model(config):
     return keras.Model(inputs, keras.layers.Conv2D(1, 1, name="logits")(x))
 
 
-def steady_rate(data, run_dir: Path, out: Path, n0: int, n: int, batch: int) -> tuple[float, dict]:
-    """Images/s of predict between n0 and n images (start-up cancels out), and the n summary."""
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def steady_rate(data, run_dir: Path, out: Path, n0: int, n: int, batch: int) -> dict:
+    """Steady-state figures of `predict` between n0 and n images (start-up cancels out):
+    wall images/s of the prediction loop, and CPU ms per image (all threads) without the
+    final validation, whose own rate is reported too."""
     from carvana.config import PredictConfig
     from carvana.predict import predict
+    from carvana.submission import validate
 
-    def loop_seconds(limit):
+    def run(limit):
+        cpu = cpu_seconds()
         summary = predict(
             data, run_dir, out, PredictConfig(batch_size=batch, limit=limit), progress=False
         )
+        cpu = cpu_seconds() - cpu
         assert summary["ok"], summary["problems"][:3]
-        return summary["predicted"] / summary["images_per_s"], summary
+        began, check = time.perf_counter(), cpu_seconds()
+        validate(out, shape=FULL)
+        check, seconds = cpu_seconds() - check, time.perf_counter() - began
+        loop = summary["predicted"] / summary["images_per_s"]
+        return loop, cpu - check, seconds, summary
 
-    t0, _ = loop_seconds(n0)
-    t1, summary = loop_seconds(n)
-    return (n - n0) / (t1 - t0), summary
+    t0, c0, _, _ = run(n0)
+    t1, c1, validation, summary = run(n)
+    return {
+        "img_s": (n - n0) / (t1 - t0),
+        "cpu_ms": 1e3 * (c1 - c0) / (n - n0),
+        "validate_rows_s": n / validation,
+        "summary": summary,
+    }
+
+
+def report_rate(label: str, figures: dict) -> None:
+    bound = 2e3 / figures["cpu_ms"]
+    print(f"  {label}: {figures['img_s']:6.1f} img/s wall")
+    print(
+        f"    CPU {figures['cpu_ms']:.2f} ms/img (all threads) -> {bound:.0f} img/s if 2 "
+        f"cores were free; validation {figures['validate_rows_s']:.0f} rows/s"
+    )
 
 
 def main(argv=None) -> None:
@@ -180,13 +208,9 @@ def main(argv=None) -> None:
     print(f"\n[end-to-end, trivial 1x1-conv model at 160x256, batch {args.batch_size}]  {load()}")
     trivial = save_run(args.work / "run-trivial", config, trivial_model(config))
     n = args.trivial_images
-    e2e_trivial, summary = steady_rate(
-        data, trivial, args.work / "trivial.csv.gz", n // 10, n, args.batch_size
-    )
-    print(
-        f"  predict (zip -> decode -> model -> upscale -> RLE -> csv.gz): {e2e_trivial:6.0f} img/s"
-    )
-    print(f"  ({summary['rows']} rows in {summary['seconds']:.1f} s incl. start-up and validation)")
+    figures = steady_rate(data, trivial, args.work / "trivial.csv.gz", n // 10, n, args.batch_size)
+    report_rate("predict (zip -> decode -> model -> upscale -> RLE -> csv.gz)", figures)
+    e2e_trivial = figures["img_s"]
 
     e2e = None
     if not args.skip_mobilenet:
@@ -203,14 +227,19 @@ def main(argv=None) -> None:
         batch = tf.constant(
             np.random.default_rng(0).integers(0, 256, (args.batch_size, ph, pw, 3), np.uint8)
         )
-        alone = rate(lambda b: forward(b).numpy(), [batch], seconds=10.0) * args.batch_size
-        print(f"  model alone (forward of a ready batch):  {alone:6.1f} img/s")
         n = args.mobilenet_images
-        e2e, _ = steady_rate(
+        cpu, began = cpu_seconds(), time.perf_counter()
+        alone = rate(lambda b: forward(b).numpy(), [batch], seconds=10.0) * args.batch_size
+        cpu_ms = 1e3 * (cpu_seconds() - cpu) / (alone * (time.perf_counter() - began))
+        print(
+            f"  model alone (forward of a ready batch):  {alone:6.1f} img/s, CPU {cpu_ms:.2f} ms/img"
+        )
+        figures = steady_rate(
             data, mrun, args.work / "mobilenet.csv.gz", 2 * args.batch_size, n, args.batch_size
         )
+        e2e = figures["img_s"]
         alone2 = rate(lambda b: forward(b).numpy(), [batch], seconds=10.0) * args.batch_size
-        print(f"  end-to-end predict:                      {e2e:6.1f} img/s")
+        report_rate("end-to-end predict", figures)
         print(f"  model alone, measured again:             {alone2:6.1f} img/s")
         print(f"  ratio end-to-end / model alone:          {e2e / ((alone + alone2) / 2):6.2f}")
 

@@ -239,8 +239,9 @@ def test_built_train_then_predict_kernels_on_a_fake_kaggle(tmp_path):
     competition = root / "input" / COMPETITION
     args = ["synth", str(competition), "--zipped", "--size", "192x128"]
     assert cli.main([*args, "--train-cars", "3", "--test-images", "6", "--seed", "1"]) == 0
+    # The CNN: MobileNetV2's graph alone takes ~50 s to build and trace on 2 CPU cores.
     scripts = kernels.build(
-        ["carvana-train-mobilenet", "carvana-predict"], username="alice", out_dir=tmp_path / "b"
+        ["carvana-train-cnn", "carvana-predict"], username="alice", out_dir=tmp_path / "b"
     )
     unpack = tmp_path / "tmp"
     unpack.mkdir()
@@ -264,10 +265,12 @@ def test_built_train_then_predict_kernels_on_a_fake_kaggle(tmp_path):
     assert where.is_relative_to(unpack.resolve()) and where.name == "__init__.py"
     run = root / "working" / "run"
     assert (run / "config.json").is_file() and (run / "model.keras").is_file()
-    assert TrainConfig.load(run).image_size == (32, 48)
+    config = TrainConfig.load(run)
+    assert (config.model, config.image_size, config.epochs) == ("cnn", (32, 48), 1)
+    assert config.original_size == (128, 192)
 
     # what Kaggle does for kernel_sources: the train kernel's output under input/<slug>/
-    shutil.copytree(run, root / "input" / "carvana-train-mobilenet" / "run")
+    shutil.copytree(run, root / "input" / "carvana-train-cnn" / "run")
     shutil.rmtree(root / "working")
     run_kernel(scripts[1], tmp_path / "predict", env)
     submission = root / "working" / "submission.csv.gz"

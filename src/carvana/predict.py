@@ -66,8 +66,8 @@ def _postprocess(prob, size, threshold, encode):
     return rle.encode(mask.view(bool)) if encode else mask
 
 
-def _columns(chunk: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
-    indices, data = zip(*chunk, strict=True)
+def _columns(fed: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
+    indices, data = zip(*fed, strict=True)
     return np.array(indices, np.int64), np.array(data, dtype=object)
 
 
@@ -94,26 +94,31 @@ def predict_masks(
 
     def produce():
         # Chunks of items, not single ones: each from_generator step costs a Python call.
-        chunk: list[tuple[int, bytes]] = []
+        # An item enters `pending` only when its chunk goes to TF, so that a failure of the
+        # caller's iterable never leaves an item listed as fed that TF never saw.
+        chunk: list[tuple[int, str, tuple[int, int] | None, bytes | None]] = []
+
+        def send():
+            pending.extend(chunk)
+            fed = [(index, data) for index, _, size, data in chunk if size is not None]
+            chunk.clear()
+            return _columns(fed) if fed else None
+
         try:
             for index, (name, data) in enumerate(items):
                 try:
-                    size = jpeg_size(data)
+                    chunk.append((index, name, jpeg_size(data), data))
                 except (OSError, ValueError, SyntaxError) as err:  # PIL: no image header
                     errors.setdefault(name, f"not a readable image: {err}")
-                    pending.append((index, name, None, None))
-                    continue
-                pending.append((index, name, size, data))
-                chunk.append((index, data))
-                if len(chunk) == pconfig.batch_size:
-                    yield _columns(chunk)
-                    chunk = []
-            if chunk:
-                yield _columns(chunk)
+                    chunk.append((index, name, None, None))
+                if len(chunk) >= pconfig.batch_size and (columns := send()) is not None:
+                    yield columns
         except GeneratorExit:
             raise
         except BaseException as err:  # the caller's iterable failed: re-raised below, unchanged
             failure.append(err)
+        if chunk and (columns := send()) is not None:
+            yield columns
 
     decode = tf.function(
         lambda data: decode_image(data, config), input_signature=[tf.TensorSpec([], tf.string)]
