@@ -37,16 +37,21 @@ DISTINCT = 16
 
 RSS_SCRIPT = """
 import resource, sys, time
+sys.path.insert(0, sys.argv[6])
 from pathlib import Path
+from predict import use_trivial_model
 from carvana.config import PredictConfig
 from carvana.dataset import CarvanaData
 from carvana.predict import predict
 data, run, out, n, batch = sys.argv[1:6]
+use_trivial_model()
 began = time.perf_counter()
 summary = predict(CarvanaData(data), Path(run), Path(out),
                   PredictConfig(batch_size=int(batch), limit=int(n)), progress=False)
 assert summary["ok"] and summary["rows"] == int(n), summary
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - began)
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(int(status["VmRSS"].split()[0]), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+      time.perf_counter() - began)
 """
 
 
@@ -120,12 +125,35 @@ def save_run(run_dir: Path, config, model) -> Path:
 
 
 def trivial_model(config):
+    """A 1x1 convolution (the saved model) and, for the runs, the same plus a fixed car-shaped
+    logit map, so that post-processing meets car-like masks (~700 runs), not empty ones."""
     import keras
 
+    from carvana.synth import render_car
+
     ph, pw = config.padded_size
+    h, w = config.image_size
     inputs = keras.Input((ph, pw, 3), name="image")
-    x = keras.layers.Rescaling(1 / 255, name="rescale")(inputs)
-    return keras.Model(inputs, keras.layers.Conv2D(1, 1, name="logits")(x))
+    conv = keras.layers.Conv2D(1, 1, name="logits")(keras.layers.Rescaling(1 / 255)(inputs))
+    saved = keras.Model(inputs, conv)
+    mask = render_car(FULL, seed=7, angle=3)[1].astype(np.float32)
+    prior = np.full((ph, pw), -6.0, np.float32)
+    prior[:h, :w] = 12 * (cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA) - 0.5)
+    prior = keras.ops.convert_to_tensor(prior[None, :, :, None])
+    car = keras.layers.Lambda(lambda x: prior + 0.0 * x, name="car_prior")(conv)
+    return saved, keras.Model(inputs, car)
+
+
+def use_trivial_model() -> None:
+    """Make `predict` run the car-prior model of any run folder (its model.keras is a stub)."""
+    import carvana.predict
+    from carvana.config import TrainConfig
+
+    def load_run(run_dir):
+        config = TrainConfig.load(run_dir)
+        return trivial_model(config)[1], config
+
+    carvana.predict.load_run = load_run
 
 
 def cpu_seconds() -> float:
@@ -206,7 +234,8 @@ def main(argv=None) -> None:
     )
 
     print(f"\n[end-to-end, trivial 1x1-conv model at 160x256, batch {args.batch_size}]  {load()}")
-    trivial = save_run(args.work / "run-trivial", config, trivial_model(config))
+    trivial = save_run(args.work / "run-trivial", config, trivial_model(config)[0])
+    use_trivial_model()
     n = args.trivial_images
     figures = steady_rate(data, trivial, args.work / "trivial.csv.gz", n // 10, n, args.batch_size)
     report_rate("predict (zip -> decode -> model -> upscale -> RLE -> csv.gz)", figures)
@@ -249,15 +278,19 @@ def main(argv=None) -> None:
         for count in sorted({min(1000, args.images), args.images}):
             out = subprocess.run(
                 [sys.executable, "-c", RSS_SCRIPT, str(data.root), str(trivial),
-                 str(args.work / f"rss{count}.csv.gz"), str(count), str(args.batch_size)],
+                 str(args.work / f"rss{count}.csv.gz"), str(count), str(args.batch_size),
+                 str(Path(__file__).resolve().parent)],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
-            kb, seconds = out.stdout.split()[-2:]
-            peaks[count] = int(kb) / 1024
-            print(f"  {count:6d} images: peak RSS {peaks[count]:7.1f} MB ({float(seconds):.0f} s)")
+            now, peak, seconds = out.stdout.split()[-3:]
+            peaks[count] = int(peak) / 1024
+            print(
+                f"  {count:6d} images: peak RSS {peaks[count]:7.1f} MB, at the end "
+                f"{int(now) / 1024:7.1f} MB ({float(seconds):.0f} s)"
+            )
         if len(peaks) == 2:
             (a, ra), (b, rb) = sorted(peaks.items())
-            print(f"  growth {a} -> {b} images: {rb - ra:+.1f} MB")
+            print(f"  peak RSS growth {a} -> {b} images: {rb - ra:+.1f} MB")
 
     print(f"\n[projection for {KAGGLE_TEST_IMAGES} test images on this machine]")
     print(f"  trivial model:  {KAGGLE_TEST_IMAGES / e2e_trivial / 60:7.1f} min")

@@ -86,6 +86,8 @@ def compile_model(model: keras.Model, config: TrainConfig, steps: int) -> None:
     )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
+        # XLA on CPU compiles for a minute and then trains slower; keep it for accelerators.
+        jit_compile="auto" if tf.config.list_logical_devices("GPU") else False,
         loss=bce_dice_loss,
         metrics=[DiceMetric(), keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)],
     )

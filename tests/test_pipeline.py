@@ -1,0 +1,148 @@
+"""Input pipeline: geometry, binary masks, caching, augmentation alignment, lazy keras_cv."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from carvana.config import TrainConfig
+from carvana.dataset import CarvanaData
+from carvana.pipeline import crop_to_image, decode_image, get_dataset, shrink_mask
+
+CONFIG = TrainConfig(image_size=(32, 48), original_size=(128, 192), batch_size=8)
+
+
+class CountingData:
+    """A CarvanaData that counts image reads, or refuses them."""
+
+    def __init__(self, root, refuse=False):
+        self.data, self.refuse, self.reads = CarvanaData(root), refuse, 0
+
+    def read_train_bytes(self, image_id):
+        if self.refuse:
+            raise AssertionError("the cache should have been used")
+        self.reads += 1
+        return self.data.read_train_bytes(image_id)
+
+    def read_mask(self, image_id):
+        return self.data.read_mask(image_id)
+
+
+def test_shrink_mask_keeps_masks_binary_by_coverage():
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0:2, 0:2] = 1  # top-left block: fully covered
+    mask[0, 2] = 1  # top-right block: 1/4 covered -> background
+    mask[2:4, 2] = 1  # bottom-right block: 1/2 covered -> car
+    config = TrainConfig(image_size=(2, 2), original_size=(4, 4))
+    out = shrink_mask(mask, config)
+    assert out.shape == (2, 2, 1) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[..., 0], [[1, 0], [0, 1]])
+
+
+@pytest.mark.parametrize("layout", ["folders", "zipped"])
+def test_validation_dataset_geometry_and_masks(synth_dirs, layout):
+    data = CarvanaData(synth_dirs[layout])
+    ids = data.train_ids()[:10]
+    batches = list(get_dataset(data, ids, CONFIG, training=False, cache=None))
+    images = np.concatenate([x.numpy() for x, _ in batches])
+    masks = np.concatenate([y.numpy() for _, y in batches])
+    assert [int(x.shape[0]) for x, _ in batches] == [8, 2]
+    assert images.shape == (10, 32, 64, 3) and masks.shape == (10, 32, 64, 1)
+    assert images.dtype == np.float32 and images.max() <= 255 and images.max() > 100
+    assert set(np.unique(masks)) == {0.0, 1.0}
+    # Padding (right of column 48) is black background; the order is the ids' order.
+    assert not images[:, :, 48:].any() and not masks[:, :, 48:].any()
+    for i, image_id in enumerate(ids):
+        np.testing.assert_array_equal(masks[i, :, :48], shrink_mask(data.read_mask(image_id), CONFIG))
+        expected = decode_image(tf.constant(data.read_train_bytes(image_id)), CONFIG).numpy()
+        np.testing.assert_array_equal(images[i], expected)
+    assert crop_to_image(images, CONFIG).shape == (10, 32, 48, 3)
+
+
+def test_cache_decodes_once_in_memory_and_in_a_file(synth_dirs, tmp_path):
+    ids = CarvanaData(synth_dirs["folders"]).train_ids()[:12]
+    counting = CountingData(synth_dirs["folders"])
+    dataset = get_dataset(counting, ids, CONFIG, training=True, cache="")
+    first = [y.numpy().sum() for _ in range(3) for _, y in dataset]
+    assert counting.reads == len(ids)
+    assert len(first) == 3 * 2
+    cache = str(tmp_path / "cache")
+    list(get_dataset(CountingData(synth_dirs["folders"]), ids, CONFIG, False, cache=cache))
+    refusing = CountingData(synth_dirs["folders"], refuse=True)
+    again = list(get_dataset(refusing, ids, CONFIG, training=False, cache=cache))
+    assert sum(int(x.shape[0]) for x, _ in again) == len(ids)
+
+
+def _shapes_batch(n=8, h=32, w=64, seed=0):
+    """Grey images whose brightness is the mask: asymmetric shapes, so flips show."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, h, w, 1), np.float32)
+    for i in range(n):
+        top, left = rng.integers(4, 10), rng.integers(4, 16)
+        masks[i, top : top + 14, left : left + 30] = 1
+        masks[i, top : top + 6, left + 20 : left + 30] = 0  # notch: top-right
+    return np.repeat(masks, 3, axis=-1) * 255.0, masks
+
+
+def _misaligned(car: np.ndarray, mask: np.ndarray) -> float:
+    """Fraction of pixels where image and mask disagree, away from the mask's edge (bilinear
+    image vs nearest mask resampling may differ by a pixel there)."""
+    import cv2
+
+    mask = (mask > 0.5).astype(np.uint8)
+    kernel = np.ones((3, 3), np.uint8)
+    edge = cv2.dilate(mask, kernel) != cv2.erode(mask, kernel)
+    return float(np.mean((car != mask.astype(bool)) & ~edge))
+
+
+@pytest.mark.parametrize("augmenter", ["fused", "stock"])
+def test_augmentation_keeps_image_and_mask_aligned(augmenter):
+    from carvana import augment
+
+    images, masks = _shapes_batch()
+    layers = {"fused": augment.fused_augmenter, "stock": augment.stock_augmenter}[augmenter](7)
+    fn = tf.function(lambda x, y: augment.augment_batch(x, y, layers))
+    moved = 0
+    for _ in range(3):
+        out_x, out_y = (t.numpy() for t in fn(tf.constant(images), tf.constant(masks)))
+        assert out_x.shape == images.shape and out_y.shape == masks.shape
+        assert set(np.unique(out_y)) <= {0.0, 1.0}
+        car = out_x.mean(axis=-1) > 127.5
+        for i in range(len(images)):
+            off = _misaligned(car[i], out_y[i, ..., 0])
+            assert off < 0.003, f"image and mask disagree on {off:.1%} of pixels"
+            moved += np.mean(out_y[i] != masks[i]) > 0.02
+        # The check itself catches a mirrored mask.
+        assert _misaligned(car[0], out_y[0, :, ::-1, 0]) > 0.05
+    assert moved >= 6  # the geometry really changed most samples
+
+
+def test_training_dataset_is_augmented_and_binary(synth_dirs):
+    data = CarvanaData(synth_dirs["folders"])
+    ids = data.train_ids()[:16]
+    plain = get_dataset(data, ids, CONFIG.replace(augment=False), training=True)
+    augmented = get_dataset(data, ids, CONFIG, training=True)
+    (px, py), (ax, ay) = next(iter(plain)), next(iter(augmented))
+    assert ax.shape == px.shape == (8, 32, 64, 3) and ay.shape == (8, 32, 64, 1)
+    assert set(np.unique(ay.numpy())) <= {0.0, 1.0}
+    assert 0.0 <= float(tf.reduce_min(ax)) and float(tf.reduce_max(ax)) <= 255.0
+    # Same seed: the same first batch of ids, so any difference is the augmentation.
+    assert not np.array_equal(ax.numpy(), px.numpy())
+
+
+def test_bad_requests_are_refused(synth_dirs):
+    data = CarvanaData(synth_dirs["folders"])
+    with pytest.raises(ValueError, match="no images"):
+        get_dataset(data, [], CONFIG, training=False)
+    with pytest.raises(ValueError, match="choose one of fused, stock"):
+        get_dataset(data, data.train_ids()[:2], CONFIG, training=True, augmenter="albumentations")
+
+
+def test_prediction_path_never_imports_keras_cv():
+    code = (
+        "import sys, carvana.pipeline, carvana.models, carvana.evaluate, carvana.predict\n"
+        "assert 'keras_cv' not in sys.modules, 'keras_cv imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
