@@ -26,8 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=20, help="timed epochs after the cache pass")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", default="160x240", help="HxW before padding to x32")
-    parser.add_argument("--augmenters", default="fused,stock,none",
-                        help="comma-separated: fused, stock (keras_cv layers), none")
+    parser.add_argument(
+        "--augmenters",
+        default="fused,stock,none",
+        help="comma-separated: fused, stock (keras_cv layers), none",
+    )
     args = parser.parse_args(argv)
 
     from carvana.config import TrainConfig, parse_size
@@ -41,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="carvana-bench-") as tmp:
         t = time.perf_counter()
-        root = synthesize(Path(tmp) / "data", train_cars=args.cars, test_images=0, size=(1280, 1918))
+        root = synthesize(
+            Path(tmp) / "data", train_cars=args.cars, test_images=0, size=(1280, 1918)
+        )
         print(f"synthesized {args.cars} cars at 1918x1280 in {time.perf_counter() - t:.1f} s")
         data = CarvanaData(root)
         ids = data.train_ids()
@@ -53,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             n = sum(int(x.shape[0]) for x, _ in dataset)
             first = time.perf_counter() - t
-            print(f"[{name}] cache pass: {n} images decoded from full-size JPEG/GIF in "
-                  f"{first:.2f} s ({n / first:.0f} img/s)")
+            print(
+                f"[{name}] cache pass: {n} images decoded from full-size JPEG/GIF in "
+                f"{first:.2f} s ({n / first:.0f} img/s)"
+            )
             t = time.perf_counter()
             seen = sum(int(x.shape[0]) for x, _ in dataset.repeat(args.epochs))
             seconds = time.perf_counter() - t

@@ -16,7 +16,7 @@ from carvana.pipeline import crop_to_image, decode_image
 from carvana.train import train
 
 TINY = TrainConfig(
-    model="cnn", image_size=(32, 48), batch_size=8, learning_rate=3e-3, epochs=3, patience=3
+    model="cnn", image_size=(32, 48), batch_size=8, learning_rate=3e-3, epochs=6, patience=6
 )
 
 
@@ -56,7 +56,9 @@ def test_full_resolution_dice_recomputed_by_hand(evaluated):
     prob = crop_to_image(prob, config).numpy()[0, ..., 0]
     up = cv2.resize(prob, (192, 128), interpolation=cv2.INTER_LINEAR)
     expected = rle.dice(up > 0.5, data.read_mask(image_id))
-    got = {r["id"]: r["dice"] for r in json.loads((run / "evaluation.json").read_text())["per_image"]}
+    got = {
+        r["id"]: r["dice"] for r in json.loads((run / "evaluation.json").read_text())["per_image"]
+    }
     assert got[image_id] == pytest.approx(expected, abs=0.01)
 
 
@@ -67,7 +69,10 @@ def test_compare_lists_both_runs(evaluated, tmp_path):
     train(data, TINY.replace(epochs=1, learning_rate=1e-3), other, resume=False, verbose=0)
     table = compare([run, other], out=tmp_path / "comparison.md", target=0.5)
     lines = table.splitlines()
-    assert lines[0].startswith("| run | model | full-res Dice") and "epochs to val Dice >= 0.5" in lines[0]
+    assert (
+        lines[0].startswith("| run | model | full-res Dice")
+        and "epochs to val Dice >= 0.5" in lines[0]
+    )
     assert len(lines) == 4
     assert lines[2].startswith(f"| cnn-run | cnn | {result['dice']:.5f}")
     assert "| cnn-short | cnn | not evaluated |" in lines[3] and "284,241" in lines[3]
@@ -75,7 +80,11 @@ def test_compare_lists_both_runs(evaluated, tmp_path):
 
 
 def test_epochs_to_target():
-    history = [{"epoch": 1, "val_dice": 0.5}, {"epoch": 2, "val_dice": 0.97}, {"epoch": 3, "val_dice": 0.99}]
+    history = [
+        {"epoch": 1, "val_dice": 0.5},
+        {"epoch": 2, "val_dice": 0.97},
+        {"epoch": 3, "val_dice": 0.99},
+    ]
     assert epochs_to(history, 0.95) == 2
     assert epochs_to(history, 0.995) is None
 

@@ -12,8 +12,13 @@ from carvana.models import build_model, count_params, iter_layers, load_model
 
 @pytest.mark.parametrize(
     "model, image_size",
-    [("cnn", (32, 48)), ("cnn", (64, 64)), ("cnn", (100, 150)), ("mobilenet", (32, 48)),
-     ("mobilenet", (96, 130))],
+    [
+        ("cnn", (32, 48)),
+        ("cnn", (64, 64)),
+        ("cnn", (100, 150)),
+        ("mobilenet", (32, 48)),
+        ("mobilenet", (96, 130)),
+    ],
 )
 def test_logits_have_the_input_size(model, image_size):
     config = TrainConfig(model=model, image_size=image_size)
@@ -42,11 +47,17 @@ def test_missing_weights_file_is_named():
 
 def test_bn_momentum_applied_everywhere_from_scratch():
     config = TrainConfig(model="mobilenet", image_size=(32, 48), bn_momentum=0.8)
-    bns = [l for l in iter_layers(build_model(config)) if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [
+        layer
+        for layer in iter_layers(build_model(config))
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert len(bns) > 50  # MobileNetV2's 52 plus the decoder's 4
     assert {bn.momentum for bn in bns} == {0.8}
     cnn = build_model(dataclasses.replace(config, model="cnn"))
-    bns = [l for l in iter_layers(cnn) if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [
+        layer for layer in iter_layers(cnn) if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert len(bns) == 3 and {bn.momentum for bn in bns} == {0.8}
 
 

@@ -55,7 +55,9 @@ def test_validation_dataset_geometry_and_masks(synth_dirs, layout):
     # Padding (right of column 48) is black background; the order is the ids' order.
     assert not images[:, :, 48:].any() and not masks[:, :, 48:].any()
     for i, image_id in enumerate(ids):
-        np.testing.assert_array_equal(masks[i, :, :48], shrink_mask(data.read_mask(image_id), CONFIG))
+        np.testing.assert_array_equal(
+            masks[i, :, :48], shrink_mask(data.read_mask(image_id), CONFIG)
+        )
         expected = decode_image(tf.constant(data.read_train_bytes(image_id)), CONFIG).numpy()
         np.testing.assert_array_equal(images[i], expected)
     assert crop_to_image(images, CONFIG).shape == (10, 32, 48, 3)
@@ -124,7 +126,7 @@ def test_training_dataset_is_augmented_and_binary(synth_dirs):
     ids = data.train_ids()[:16]
     plain = get_dataset(data, ids, CONFIG.replace(augment=False), training=True)
     augmented = get_dataset(data, ids, CONFIG, training=True)
-    (px, py), (ax, ay) = next(iter(plain)), next(iter(augmented))
+    (px, _), (ax, ay) = next(iter(plain)), next(iter(augmented))
     assert ax.shape == px.shape == (8, 32, 64, 3) and ay.shape == (8, 32, 64, 1)
     assert set(np.unique(ay.numpy())) <= {0.0, 1.0}
     assert 0.0 <= float(tf.reduce_min(ax)) and float(tf.reduce_max(ax)) <= 255.0

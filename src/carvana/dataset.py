@@ -140,8 +140,8 @@ def decode_mask(data: bytes, where: str = "mask") -> np.ndarray:
     except (UnidentifiedImageError, OSError) as err:
         raise DataError(f"{where}: not a readable mask image: {err}") from None
     mask = mask.astype(np.uint8)
-    values = np.unique(mask)
-    if not set(values.tolist()) <= {0, 1}:
+    if mask.max(initial=0) > 1:  # np.unique only on failure: it sorts (20 ms at 1918x1280)
+        values = np.unique(mask)
         raise DataError(f"{where}: mask values must be 0/1, found {values[:10].tolist()}")
     return mask
 

@@ -29,8 +29,9 @@ def _angle(image_id: str) -> str:
     return image_id.rsplit("_", 1)[-1]
 
 
-def save_panel(image: np.ndarray, true: np.ndarray, pred: np.ndarray, title: str, path: Path,
-               width: int = 480) -> Path:
+def save_panel(
+    image: np.ndarray, true: np.ndarray, pred: np.ndarray, title: str, path: Path, width: int = 480
+) -> Path:
     """PNG of input / true mask / predicted mask / errors, each shrunk to about `width`."""
     import cv2
     import matplotlib
@@ -50,6 +51,7 @@ def save_panel(image: np.ndarray, true: np.ndarray, pred: np.ndarray, title: str
         axes,
         (small, true_s, pred_s, errors),
         ("input", "true mask", "predicted mask", "errors (red: extra, blue: missed)"),
+        strict=True,
     ):
         ax.imshow(shown, cmap="gray", vmin=0, vmax=255)
         ax.set_title(name, fontsize=9)
@@ -210,19 +212,27 @@ def compare(run_dirs: list[Path], out: Path | None = None, target: float = TARGE
         reached = epochs_to(history, target, key)
         best = max((r.get(key, float("nan")) for r in history), default=float("nan"))
         seconds = [r["seconds"] for r in history if "seconds" in r]
-        rows.append([
-            run_dir.name,
-            config.model,
-            f"{evaluation['dice']:.5f}" if "dice" in evaluation else "not evaluated",
-            f"{evaluation['accuracy']:.5f}" if "accuracy" in evaluation else "-",
-            f"{best:.4f}",
-            str(reached) if reached is not None else f"not reached in {len(history)}",
-            f"{np.mean(seconds):.1f}" if seconds else "-",
-            f"{params:,}",
-        ])
+        rows.append(
+            [
+                run_dir.name,
+                config.model,
+                f"{evaluation['dice']:.5f}" if "dice" in evaluation else "not evaluated",
+                f"{evaluation['accuracy']:.5f}" if "accuracy" in evaluation else "-",
+                f"{best:.4f}",
+                str(reached) if reached is not None else f"not reached in {len(history)}",
+                f"{np.mean(seconds):.1f}" if seconds else "-",
+                f"{params:,}",
+            ]
+        )
     header = [
-        "run", "model", "full-res Dice", "pixel accuracy", "best val Dice (model res.)",
-        f"epochs to val Dice >= {target}", "s/epoch", "parameters",
+        "run",
+        "model",
+        "full-res Dice",
+        "pixel accuracy",
+        "best val Dice (model res.)",
+        f"epochs to val Dice >= {target}",
+        "s/epoch",
+        "parameters",
     ]
     table = _table(header, rows)
     if out is not None:

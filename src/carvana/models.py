@@ -93,7 +93,9 @@ def build_mobilenet(config: TrainConfig) -> keras.Model:
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
     skips = encoder(x)
     x = skips[-1]
-    for i, (filters, skip) in enumerate(zip(MOBILENET_DECODER, reversed(skips[:-1])), 1):
+    for i, (filters, skip) in enumerate(
+        zip(MOBILENET_DECODER, reversed(skips[:-1]), strict=True), 1
+    ):
         x = upsample(x, filters, f"up_{i}", config.bn_momentum)
         x = layers.Concatenate(name=f"skip_{i}")([x, skip])
     return keras.Model(inputs, _logits(x), name="mobilenet")

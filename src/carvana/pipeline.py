@@ -60,7 +60,9 @@ def shrink_mask(mask: np.ndarray, config: TrainConfig) -> np.ndarray:
     return mask.astype(np.uint8)[..., None]
 
 
-def read_examples(data, ids: Sequence[str], config: TrainConfig) -> Iterator[tuple[bytes, np.ndarray]]:
+def read_examples(
+    data, ids: Sequence[str], config: TrainConfig
+) -> Iterator[tuple[bytes, np.ndarray]]:
     """Yield (JPEG bytes, shrunk mask) per id, in order, read a few ids ahead in threads."""
 
     def read(image_id: str):

@@ -159,8 +159,15 @@ class TimeLimit(keras.callbacks.Callback):
 class RunRecorder(keras.callbacks.Callback):
     """Per epoch: history row, best model, last checkpoint, early stopping, progress line."""
 
-    def __init__(self, run_dir: Path, config: TrainConfig, export: keras.Model, state: dict,
-                 monitor: str, log: Callable[[str], None] | None):
+    def __init__(
+        self,
+        run_dir: Path,
+        config: TrainConfig,
+        export: keras.Model,
+        state: dict,
+        monitor: str,
+        log: Callable[[str], None] | None,
+    ):
         super().__init__()
         self.run_dir, self.config, self.export = run_dir, config, export
         self.state, self.monitor, self.log = state, monitor, log
@@ -173,9 +180,12 @@ class RunRecorder(keras.callbacks.Callback):
         logs = dict(logs or {})
         seconds = time.perf_counter() - self.began
         lr = self.model.optimizer.learning_rate
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
-               "learning_rate": float(lr.numpy() if hasattr(lr, "numpy") else lr),
-               "seconds": round(seconds, 3)}
+        row = {
+            "epoch": epoch + 1,
+            **{k: float(v) for k, v in logs.items()},
+            "learning_rate": float(lr.numpy() if hasattr(lr, "numpy") else lr),
+            "seconds": round(seconds, 3),
+        }
         _append_history(self.run_dir / HISTORY_FILE, row)
         score = float(logs.get(self.monitor, float("nan")))
         state = self.state
@@ -239,11 +249,16 @@ def plot_curves(history_path: Path, out: Path) -> Path:
 
     rows = read_history(history_path)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, key in zip(axes, ("loss", "dice", "accuracy")):
+    for ax, key in zip(axes, ("loss", "dice", "accuracy"), strict=True):
         for prefix, style in (("", "-o"), ("val_", "-s")):
             points = [(r["epoch"], r[prefix + key]) for r in rows if prefix + key in r]
             if points:
-                ax.plot(*zip(*points), style, ms=3, label=f"{'validation' if prefix else 'training'}")
+                ax.plot(
+                    *zip(*points, strict=True),
+                    style,
+                    ms=3,
+                    label=f"{'validation' if prefix else 'training'}",
+                )
         ax.set_title(key)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -264,7 +279,8 @@ def _resume_state(run_dir: Path, config: TrainConfig, resume: bool) -> dict | No
     saved = TrainConfig.load(run_dir)
     ignore = set(RESUMABLE_CHANGES)
     differ = [
-        k for k, v in config.to_dict().items()
+        k
+        for k, v in config.to_dict().items()
         if k not in ignore and v != saved.to_dict()[k] and k not in ("val_cars", "train_cars")
     ]
     if differ:
