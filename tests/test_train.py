@@ -18,6 +18,7 @@ from carvana.train import (
     choose_cars,
     pick_strategy,
     read_history,
+    recalibrate_bn,
     train,
 )
 
@@ -49,6 +50,20 @@ def test_dice_metric_is_the_mean_over_images():
     metric.reset_state()
     metric.update_state(true[1:2], logits[1:2])
     assert metric.result().numpy() == 1.0
+
+
+def test_recalibrate_bn_averages_the_batch_statistics():
+    import keras
+
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.99, name="bn")(inputs))
+    batches = [(np.array([[0.0], [2.0]]), None), (np.array([[4.0], [6.0]]), None)]
+    assert recalibrate_bn(model, batches) == 2
+    bn = model.get_layer("bn")
+    # Batch means 1 and 5, (biased) variances 1 and 1: averaged, not smoothed with momentum.
+    np.testing.assert_allclose(bn.moving_mean.numpy(), [3.0], rtol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), [1.0], rtol=1e-5)
+    assert bn.momentum == 0.99
 
 
 def test_choose_cars_is_deterministic_and_by_car(synth_dirs):

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -52,6 +53,17 @@ def make_forward(model, config: TrainConfig, tta: bool = False):
         return tf.cast(tf.round(p * 255), tf.uint8)
 
     return forward
+
+
+_FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cached_forward(model, config: TrainConfig, tta: bool):
+    # Tracing a MobileNet U-Net takes seconds: reuse it when a model is run again (evaluate).
+    per_model = _FORWARDS.setdefault(model, {})
+    if (config, tta) not in per_model:
+        per_model[(config, tta)] = make_forward(model, config, tta)
+    return per_model[(config, tta)]
 
 
 def upscale_mask(prob: np.ndarray, size: tuple[int, int], threshold: float) -> np.ndarray:
@@ -140,7 +152,7 @@ def predict_masks(
         .batch(pconfig.batch_size)
         .prefetch(2)
     )
-    forward = make_forward(model, config, pconfig.tta)
+    forward = _cached_forward(model, config, pconfig.tta)
     in_flight: collections.deque = collections.deque()  # (name, Future | None), input order
     limit = max(pconfig.batch_size, 2 * pconfig.workers)
 

@@ -27,6 +27,7 @@ from carvana.dataset import car_id, split_by_car
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
 CHECKPOINT_DIR = "checkpoint"
+CALIBRATION_BATCHES = 8  # batches averaged to re-estimate BatchNormalization statistics
 # Settings that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("epochs", "patience")
 
@@ -93,6 +94,30 @@ def compile_model(model: keras.Model, config: TrainConfig, steps: int) -> None:
     )
 
 
+def recalibrate_bn(model: keras.Model, dataset) -> int:
+    """Re-estimate every BatchNormalization's moving statistics as the plain average of the
+    batch statistics over `dataset` at the current weights (no weight update); returns the
+    number of batches used."""
+    from carvana.models import iter_layers
+
+    bns = [
+        layer for layer in iter_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    if not bns:
+        return 0
+    saved = [bn.momentum for bn in bns]
+    k = 0
+    try:
+        for k, (x, _) in enumerate(dataset, 1):
+            for bn in bns:
+                bn.momentum = (k - 1) / k  # running mean of the k batches seen so far
+            model(x, training=True)  # eager: the momentum is read at call time
+    finally:
+        for bn, momentum in zip(bns, saved, strict=True):
+            bn.momentum = momentum
+    return k
+
+
 # -- hardware -------------------------------------------------------------------------------
 def pick_strategy() -> tf.distribute.Strategy:
     """TPUStrategy when a TPU is attached, MirroredStrategy for several GPUs, else default."""
@@ -157,7 +182,8 @@ class TimeLimit(keras.callbacks.Callback):
 
 
 class RunRecorder(keras.callbacks.Callback):
-    """Per epoch: history row, best model, last checkpoint, early stopping, progress line."""
+    """Per epoch: BN recalibration, history row, best model, last checkpoint, early stopping,
+    progress line."""
 
     def __init__(
         self,
@@ -167,16 +193,31 @@ class RunRecorder(keras.callbacks.Callback):
         state: dict,
         monitor: str,
         log: Callable[[str], None] | None,
+        calibration=None,
     ):
         super().__init__()
+        self.calibration = calibration
         self.run_dir, self.config, self.export = run_dir, config, export
         self.state, self.monitor, self.log = state, monitor, log
         self.began = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.began = time.perf_counter()
+        self.calibrated = False
+
+    def _calibrate(self):
+        # From scratch, the moving statistics trail weights that change fast: inference-mode
+        # outputs can be empty while training-mode ones are right. Validation, the saved
+        # model and prediction all run in inference mode, so re-estimate them first.
+        if self.calibration is not None and not self.calibrated:
+            recalibrate_bn(self.model, self.calibration)
+            self.calibrated = True
+
+    def on_test_begin(self, logs=None):
+        self._calibrate()
 
     def on_epoch_end(self, epoch, logs=None):
+        self._calibrate()  # runs do without validation data too
         logs = dict(logs or {})
         seconds = time.perf_counter() - self.began
         lr = self.model.optimizer.learning_rate
@@ -356,7 +397,16 @@ def train(
     if state["epoch"] < config.epochs and not state["stopped"]:
         train_ds = get_dataset(data, train_ids, config, training=True, cache="")
         val_ds = get_dataset(data, val_ids, config, training=False, cache="") if val_ids else None
-        recorder = RunRecorder(run_dir, config, export, state, monitor, log)
+        # A few fixed training images (not augmented) for the BN recalibration of each epoch;
+        # the eager pass assigns variables outside strategy.run, so only with one replica;
+        # several replicas (long GPU/TPU runs) rely on config.bn_momentum.
+        calibration = None
+        if strategy.num_replicas_in_sync == 1:
+            some = [train_ids[i] for i in np.random.default_rng(0).permutation(len(train_ids))]
+            calibration = get_dataset(
+                data, some[: CALIBRATION_BATCHES * config.batch_size], config, False, cache=""
+            )
+        recorder = RunRecorder(run_dir, config, export, state, monitor, log, calibration)
         model.fit(
             train_ds,
             validation_data=val_ds,
