@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--bn-momentum", type=float, default=0.9)
-    parser.add_argument("--augment", choices=("on", "off"), default="on")
+    # Off by default: within a few epochs it slows convergence (2-min runs: 0.916 off, 0.903 on).
+    parser.add_argument("--augment", choices=("on", "off"), default="off")
     parser.add_argument("--val-cars", type=int, default=8, help="held-out cars")
     parser.add_argument("--max-cars", type=int, default=0, help="0: every car of the folder")
     parser.add_argument("--seed", type=int, default=42)

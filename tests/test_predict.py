@@ -220,6 +220,29 @@ def test_resume_after_interrupt_and_truncation_gives_exactly_once_rows(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full.csv.gz", "sub.csv.gz"]
 
 
+def test_killed_while_validating_the_rerun_only_validates(
+    synth_dirs, run_dir, reference, tmp_path, monkeypatch
+):
+    import carvana.predict
+
+    data = CarvanaData(synth_dirs["zipped"])
+    out = tmp_path / "sub.csv.gz"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(carvana.predict, "validate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        predict(data, run_dir, out, FAST, progress=False)
+    monkeypatch.undo()
+    assert rows_of(out) == sorted(reference.items())  # complete, renamed, not yet validated
+    again = predict(data, run_dir, out, FAST, progress=False)
+    assert again["ok"] and again["predicted"] == 0 and again["rows"] == 12
+    fresh = predict(data, run_dir, out, FAST, progress=False)  # a finished file is redone
+    assert fresh["ok"] and fresh["predicted"] == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub.csv.gz"]
+
+
 def test_shards_merged_equal_the_unsharded_run(synth_dirs, run_dir, reference, tmp_path):
     data = CarvanaData(synth_dirs["zipped"])
     names = data.test_names()

@@ -133,7 +133,9 @@ def test_resume_continues_from_the_saved_epoch(synth_dirs, tmp_path, capsys):
     after = read_history(run / "history.csv")
     assert [r["epoch"] for r in after] == [1, 2, 3] and after[:2] == before
     assert again["epochs_run"] == 3 and again["best_val_dice"] >= first["best_val_dice"]
-    done = train(data, config.replace(epochs=3), run)  # nothing left to do
+    # Settings left at their defaults (as the CLI passes them) resume the saved run as it was.
+    done = train(data, TrainConfig(epochs=3), run)  # nothing left to do
+    assert done["model"] == "cnn" and TrainConfig.load(run).image_size == (32, 48)
     assert done["epochs_run"] == 3 and len(read_history(run / "history.csv")) == 3
     with pytest.raises(ValueError, match="--fresh"):
         train(data, config.replace(epochs=3, learning_rate=1e-2), run)

@@ -124,6 +124,8 @@ def evaluate(data, run_dir: Path, out: Path, worst: int = 6, batch_size: int = 1
         if scores:
             per_angle[angle] = {"dice": float(np.mean(scores)), "images": len(scores)}
 
+    for stale in out.glob("worst_*.png"):  # panels of an earlier evaluation into this folder
+        stale.unlink()
     panels = []
     for rank, (neg, image_id, pred) in enumerate(sorted(lowest, reverse=True), 1):
         path = out / f"worst_{rank:02d}_{image_id}.png"

@@ -24,7 +24,7 @@ from carvana import rle
 
 HEADER = ("img", "rle_mask")
 GZIP_MAGIC = b"\x1f\x8b"
-COMPRESS_LEVEL = 1  # RLE text: level 1 is ~6x faster than gzip's default and ~25% larger
+COMPRESS_LEVEL = 1  # on car RLE rows: 5x faster than level 6 (54 vs 10 MB/s), 8% larger
 FIELD_LIMIT = 1 << 26  # a checkerboard 1918x1280 mask is ~20 MB of RLE text
 _CANONICAL_RLE = re.compile(r"[0-9]+(?: [0-9]+)*", re.ASCII)
 

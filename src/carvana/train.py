@@ -311,25 +311,33 @@ def plot_curves(history_path: Path, out: Path) -> Path:
 
 
 # -- the run --------------------------------------------------------------------------------
-def _resume_state(run_dir: Path, config: TrainConfig, resume: bool) -> dict | None:
-    ckpt = run_dir / CHECKPOINT_DIR
-    state_path = ckpt / "state.json"
+def _resume(run_dir: Path, config: TrainConfig, resume: bool) -> tuple[dict | None, TrainConfig]:
+    """(checkpoint state or None, the config to go on with): a resumed run keeps its saved
+    settings; a setting given with a non-default value must match, except epochs/patience."""
+    state_path = run_dir / CHECKPOINT_DIR / "state.json"
     if not resume or not state_path.exists():
-        return None
+        return None, config
     state = json.loads(state_path.read_text())
-    saved = TrainConfig.load(run_dir)
-    ignore = set(RESUMABLE_CHANGES)
-    differ = [
-        k
-        for k, v in config.to_dict().items()
-        if k not in ignore and v != saved.to_dict()[k] and k not in ("val_cars", "train_cars")
-    ]
+    saved, given, default = (
+        TrainConfig.load(run_dir).to_dict(),
+        config.to_dict(),
+        TrainConfig().to_dict(),
+    )
+    # Left at its default, a setting was not asked for (the CLI fills in defaults).
+    changed = {
+        k: v
+        for k, v in given.items()
+        if v != default[k]
+        and v != saved[k]
+        and k not in ("original_size", "val_cars", "train_cars")
+    }
+    differ = sorted(set(changed) - set(RESUMABLE_CHANGES))
     if differ:
         raise ValueError(
             f"{run_dir}: has a checkpoint trained with other settings ({', '.join(differ)}); "
             "pass the same settings, or start over with --fresh"
         )
-    return state
+    return state, TrainConfig.from_dict({**saved, **changed, "original_size": config.original_size})
 
 
 def train(
@@ -355,10 +363,7 @@ def train(
                 shutil.rmtree(target)
             else:
                 target.unlink(missing_ok=True)
-    state = _resume_state(run_dir, config, resume)
-    if state is not None:
-        saved = TrainConfig.load(run_dir)
-        config = saved.replace(**{k: getattr(config, k) for k in RESUMABLE_CHANGES})
+    state, config = _resume(run_dir, config, resume)
     train_ids, val_ids = choose_cars(data.train_ids(), config)
     if not train_ids:
         raise ValueError(f"{data.root}: no training images left after the split")
