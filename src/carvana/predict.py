@@ -13,6 +13,7 @@ import collections
 import gc
 import json
 import os
+import queue
 import re
 import sys
 import threading
@@ -140,18 +141,23 @@ def predict_masks(
     pending: collections.deque = collections.deque()  # (index, name, size, bytes) as fed to TF
     failure: list[BaseException] = []
 
-    def produce():
-        # Chunks of items, not single ones: each from_generator step costs a Python call.
-        # An item enters `pending` only when its chunk goes to TF, so that a failure of the
-        # caller's iterable never leaves an item listed as fed that TF never saw.
+    # The caller's items are read in a thread of ours, a chunk (batch) ahead: from_generator
+    # runs `produce` on TensorFlow's own threads, where Python thread-locals do not last from
+    # one call to the next (a zip reader keyed on them reopened the archive every time).
+    chunks: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(chunk) -> bool:
+        while not stop.is_set():
+            try:
+                chunks.put(chunk, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read():
         chunk: list[tuple[int, str, tuple[int, int] | None, bytes | None]] = []
-
-        def send():
-            pending.extend(chunk)
-            fed = [(index, data) for index, _, size, data in chunk if size is not None]
-            chunk.clear()
-            return _columns(fed) if fed else None
-
         try:
             for index, (name, data) in enumerate(items):
                 try:
@@ -159,14 +165,28 @@ def predict_masks(
                 except (OSError, ValueError, SyntaxError) as err:  # PIL: no image header
                     errors.setdefault(name, f"not a readable image: {err}")
                     chunk.append((index, name, None, None))
-                if len(chunk) >= pconfig.batch_size and (columns := send()) is not None:
-                    yield columns
-        except GeneratorExit:
-            raise
+                if len(chunk) >= pconfig.batch_size:
+                    if not put(chunk):
+                        return
+                    chunk = []
         except BaseException as err:  # the caller's iterable failed: re-raised below, unchanged
             failure.append(err)
-        if chunk and (columns := send()) is not None:
-            yield columns
+        if not chunk or put(chunk):
+            put(None)
+
+    def produce():
+        # An item enters `pending` only when its chunk goes to TF, in input order.
+        while not stop.is_set():
+            try:
+                chunk = chunks.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if chunk is None:
+                return
+            pending.extend(chunk)
+            fed = [(index, data) for index, _, size, data in chunk if size is not None]
+            if fed:
+                yield _columns(fed)
 
     decode = tf.function(
         lambda data: decode_image(data, config), input_signature=[tf.TensorSpec([], tf.string)]
@@ -218,6 +238,7 @@ def predict_masks(
     gc.freeze()
     with ThreadPoolExecutor(pconfig.workers, thread_name_prefix="postprocess") as pool:
         try:
+            threading.Thread(target=read, name="predict-reader", daemon=True).start()
             for indices, images in dataset:
                 probs = forward(images).numpy()
                 for index, prob in zip(indices.numpy().tolist(), probs, strict=True):
@@ -236,6 +257,7 @@ def predict_masks(
             for _, future in in_flight:
                 if isinstance(future, Future):
                     future.cancel()
+            stop.set()
             cv2.setNumThreads(cv2_threads)
             gc.unfreeze()
 

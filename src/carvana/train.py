@@ -400,6 +400,8 @@ def train(
             + (f"; resuming after epoch {state['epoch']}" if state["epoch"] else "")
         )
     if state["epoch"] < config.epochs and not state["stopped"]:
+        # The model is about to change: an earlier evaluation no longer describes it.
+        (run_dir / "evaluation.json").unlink(missing_ok=True)
         train_ds = get_dataset(data, train_ids, config, training=True, cache="")
         val_ds = get_dataset(data, val_ids, config, training=False, cache="") if val_ids else None
         # A few fixed training images (not augmented) for the BN recalibration of each epoch;
