@@ -35,7 +35,9 @@ def _shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"shard must look like i/n (e.g. 0/4), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"shard must look like i/n (e.g. 0/4), got {text!r}"
+        ) from None
     if not (n >= 1 and 0 <= i < n):
         raise argparse.ArgumentTypeError(f"shard i/n needs 0 <= i < n, got {text!r}")
     return i, n
@@ -176,7 +178,9 @@ def cmd_kernels(args) -> int:
     elif args.action == "status":
         print(kaggle_api.kernel_status(args.names[0], username=args.username))
     elif args.action == "output":
-        for path in kaggle_api.kernel_output(args.names[0], Path(args.path), username=args.username):
+        for path in kaggle_api.kernel_output(
+            args.names[0], Path(args.path), username=args.username
+        ):
             print(path)
     return 0
 
@@ -220,8 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder")
     p.add_argument("--train-cars", type=int, default=4, help="training cars (16 images each)")
     p.add_argument("--test-images", type=int, default=16, help="test images")
-    p.add_argument("--size", type=_size, default=(1918, 1280), metavar="WxH",
-                   help="image size, width x height (default 1918x1280)")
+    p.add_argument(
+        "--size",
+        type=_size,
+        default=(1918, 1280),
+        metavar="WxH",
+        help="image size, width x height (default 1918x1280)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--zipped", action="store_true", help="write Kaggle's zip layout")
     p.set_defaults(func=cmd_synth)
@@ -268,13 +277,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--tta", action="store_true", help="horizontal-flip test-time augmentation")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=max(2, min(8, os.cpu_count() or 2)),
-                   help="post-processing threads")
-    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="i/n",
-                   help="predict the i-th of n deterministic parts (0-based)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=max(2, min(8, os.cpu_count() or 2)),
+        help="post-processing threads",
+    )
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        default=(0, 1),
+        metavar="i/n",
+        help="predict the i-th of n deterministic parts (0-based)",
+    )
     p.add_argument("--limit", type=int, default=0, help="only the first N test images")
-    p.add_argument("--allow-bad-images", action="store_true",
-                   help="exit 0 even when some test images could not be read")
+    p.add_argument(
+        "--allow-bad-images",
+        action="store_true",
+        help="exit 0 even when some test images could not be read",
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("merge", help="join shard files into one submission")

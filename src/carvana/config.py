@@ -46,7 +46,9 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.model not in MODEL_NAMES:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+            raise ValueError(
+                f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}"
+            )
         # JSON gives lists back; keep tuples so the dataclass stays hashable and comparable.
         for name in ("image_size", "original_size", "val_cars", "train_cars"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -61,7 +63,10 @@ class TrainConfig:
         """Largest DCT scaling factor (1, 2, 4, 8) whose decoded image is still >= image_size."""
         for ratio in (8, 4, 2):
             # libjpeg rounds scaled sides up: 1918 / 8 gives 240 columns.
-            if all(-(-o // ratio) >= s for o, s in zip(self.original_size, self.image_size)):
+            if all(
+                -(-o // ratio) >= s
+                for o, s in zip(self.original_size, self.image_size, strict=True)
+            ):
                 return ratio
         return 1
 

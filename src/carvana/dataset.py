@@ -103,8 +103,8 @@ class FileStore:
 
     def where(self, name: str) -> str:
         """Human-readable location of a member, for error messages."""
-        return f"{self.path}:{self._members.get(name, name)}" if self.is_zip else str(
-            self.path / name
+        return (
+            f"{self.path}:{self._members.get(name, name)}" if self.is_zip else str(self.path / name)
         )
 
     def read(self, name: str) -> bytes:
@@ -169,7 +169,13 @@ class CarvanaData:
         self.metadata_path = self._csv("metadata.csv")
         self.sample_submission_path = self._csv("sample_submission.csv")
         if not any(
-            (self.train, self.test, self.masks, self.train_masks_csv_path, self.sample_submission_path)
+            (
+                self.train,
+                self.test,
+                self.masks,
+                self.train_masks_csv_path,
+                self.sample_submission_path,
+            )
         ):
             raise DataError(
                 f"{self.root}: no Carvana data found; looked for {prefix[0]}.zip or {prefix[0]}/, "

@@ -379,6 +379,7 @@ def predict(
         try:
             if todo:
                 model, config = load_run(run_dir)
+                loop_began = time.perf_counter()  # the rate leaves out loading the model
                 errors: dict[str, str] = {}
                 items = _read_test_set(data, todo, errors)
                 for name, text in predict_masks(model, config, items, pconfig, True, errors):
