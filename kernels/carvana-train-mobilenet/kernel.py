@@ -6,14 +6,8 @@ by an environment variable CARVANA_<FIELD> (CARVANA_EPOCHS=1, CARVANA_IMAGE_SIZE
 which is how the tests run this script tiny. CARVANA_EVALUATE=0 skips the evaluation.
 """
 
-import json
-import os
-import time
-
 from carvana.config import TrainConfig
-from carvana.dataset import CarvanaData, competition_dir, working_dir
-from carvana.kernels import config_from_env
-from carvana.train import train
+from carvana.kernels import train_kernel
 
 # 320x480 is 1/4 of 1280x1918: the JPEGs decode straight at that scale (jpeg_ratio 4).
 # ImageNet weights are downloaded, so kernel-metadata.json turns the kernel's internet on.
@@ -28,29 +22,4 @@ CONFIG = TrainConfig(
     augment=True,
 )
 
-
-def main():
-    began = time.time()
-    data = CarvanaData(competition_dir())
-    config = config_from_env(CONFIG.replace(original_size=data.image_size()))
-    run_dir = working_dir() / "run"
-    print(f"training {config.model} at {config.image_size} for up to {config.epochs} epochs")
-    summary = train(data, config, run_dir, resume=True)
-    print(f"run folder: {run_dir}  best validation Dice: {summary['best_val_dice']:.4f}")
-    if os.environ.get("CARVANA_EVALUATE", "1") != "0":
-        try:
-            from carvana.evaluate import evaluate
-        except ModuleNotFoundError as err:
-            if err.name != "carvana.evaluate":
-                raise
-            print("carvana.evaluate is not in this build; skipping the evaluation")
-        else:
-            result = evaluate(data, run_dir, working_dir() / "evaluation")
-            summary["full_resolution_dice"] = result["dice"]
-            print(f"full-resolution Dice on the validation cars: {result['dice']:.4f}")
-    summary["minutes"] = round((time.time() - began) / 60, 1)
-    (working_dir() / "train-summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"done in {summary['minutes']} min")
-
-
-main()
+train_kernel(CONFIG)

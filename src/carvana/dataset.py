@@ -66,7 +66,8 @@ class FileStore:
         self.path = Path(path)
         self.suffix = suffix
         self.is_zip = self.path.suffix == ".zip"
-        self._local = threading.local()
+        self._handle: tuple[int, zipfile.ZipFile] | None = None
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.path)!r})"
@@ -93,13 +94,14 @@ class FileStore:
         return name in self._members
 
     def _archive(self) -> zipfile.ZipFile:
-        # One handle per thread and process: predict reads from a thread pool, and a handle
-        # inherited through fork would share its file offset with the parent.
-        key = (os.getpid(), threading.get_ident())
-        if getattr(self._local, "key", None) != key:
-            self._local.archive = zipfile.ZipFile(self.path)
-            self._local.key = key
-        return self._local.archive
+        # One handle per process, shared by threads (ZipFile serialises member reads on its
+        # own lock): tf.data runs generators on ever-new threads, and re-opening a 100k-member
+        # zip re-parses its whole directory. A handle inherited through fork would share its
+        # file offset with the parent, hence the pid.
+        with self._lock:
+            if self._handle is None or self._handle[0] != os.getpid():
+                self._handle = (os.getpid(), zipfile.ZipFile(self.path))
+            return self._handle[1]
 
     def where(self, name: str) -> str:
         """Human-readable location of a member, for error messages."""

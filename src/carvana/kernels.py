@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
@@ -358,6 +359,30 @@ def config_from_env(config, prefix: str = "CARVANA_"):
         except ValueError as err:
             raise ValueError(f"{variable}={text!r}: {err}") from None
     return dataclasses.replace(config, **changes) if changes else config
+
+
+def train_kernel(config) -> dict:
+    """A train kernel's job: train `config` (CARVANA_<FIELD> overrides) into working/run,
+    evaluate on the validation cars unless CARVANA_EVALUATE=0, write train-summary.json."""
+    from carvana.dataset import CarvanaData, competition_dir, working_dir
+    from carvana.evaluate import evaluate
+    from carvana.train import train
+
+    began = time.time()
+    data = CarvanaData(competition_dir())
+    config = config_from_env(config.replace(original_size=data.image_size()))
+    run_dir = working_dir() / "run"
+    print(f"training {config.model} at {config.image_size} for up to {config.epochs} epochs")
+    summary = train(data, config, run_dir, resume=True)
+    print(f"run folder: {run_dir}  best validation Dice: {summary['best_val_dice']:.4f}")
+    if os.environ.get("CARVANA_EVALUATE", "1") != "0":
+        result = evaluate(data, run_dir, working_dir() / "evaluation")
+        summary["full_resolution_dice"] = result["dice"]
+        print(f"full-resolution Dice on the validation cars: {result['dice']:.4f}")
+    summary["minutes"] = round((time.time() - began) / 60, 1)
+    (working_dir() / "train-summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"done in {summary['minutes']} min")
+    return summary
 
 
 def find_run(root: str | Path | None = None, name: str = "") -> Path:

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from carvana import rle
 from carvana.config import CONFIG_FILE, MODEL_FILE, PredictConfig, TrainConfig
 from carvana.dataset import DataError, jpeg_size
 from carvana.pipeline import crop_to_image, decode_image
@@ -76,22 +77,6 @@ def upscale_mask(prob: np.ndarray, size: tuple[int, int], threshold: float) -> n
     return cv2.threshold(up, int(np.floor(threshold * 255)), 1, cv2.THRESH_BINARY, dst=up)[1]
 
 
-def encode_mask(mask: np.ndarray, scratch: np.ndarray | None = None) -> str:
-    """rle.encode of a C-contiguous 0/1 uint8 mask; `scratch` (bool, mask.size - 1) is reused
-    for the neighbour comparison instead of a fresh full-size array."""
-    flat = mask.reshape(-1)
-    if scratch is None:
-        scratch = np.empty(flat.size - 1, bool)
-    changes = np.flatnonzero(np.not_equal(flat[1:], flat[:-1], out=scratch)) + 1
-    if flat[0]:
-        changes = np.concatenate(([0], changes))
-    if flat[-1]:
-        changes = np.concatenate((changes, [flat.size]))
-    changes[1::2] -= changes[::2]  # end positions become run lengths
-    changes[::2] += 1  # 1-indexed starts
-    return " ".join(map(str, changes.tolist()))
-
-
 _scratch = threading.local()
 
 
@@ -112,7 +97,7 @@ def _postprocess(prob, size, threshold, encode):
     up = _buffer("up", (h, w), np.uint8)
     cv2.resize(prob, (w, h), dst=up, interpolation=cv2.INTER_LINEAR)
     cv2.threshold(up, int(np.floor(threshold * 255)), 1, cv2.THRESH_BINARY, dst=up)
-    return encode_mask(up, _buffer("diff", (h * w - 1,), bool))
+    return rle.encode(up)
 
 
 def _columns(fed: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
