@@ -5,6 +5,8 @@ Pure numpy, no TensorFlow: the CLI, the validator and the submission writer impo
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 ORIGINAL_SHAPE = (1280, 1918)  # (height, width) of every Carvana image
@@ -14,6 +16,7 @@ class RLEError(ValueError):
     """An RLE string that is not a valid Carvana mask for the given shape."""
 
 
+_CANONICAL = re.compile(r"[0-9]+(?: [0-9]+)*", re.ASCII)
 ONES = np.uint64(0x0101010101010101)  # eight mask bytes that are all 1
 
 
@@ -85,13 +88,17 @@ def parse(rle) -> np.ndarray:
         return np.zeros((0, 2), dtype=np.int64)
     if not isinstance(rle, str):
         raise RLEError(f"RLE must be a string, got {type(rle).__name__}")
-    tokens = rle.split()
-    if len(tokens) % 2:
-        raise RLEError(f"odd number of values ({len(tokens)}): RLE needs `start length` pairs")
-    try:
-        values = np.array([int(t) for t in tokens], dtype=np.int64)
-    except ValueError as err:
-        raise RLEError(f"non-integer value in RLE: {err}") from None
+    if _CANONICAL.fullmatch(rle):
+        # Digits and single spaces, as every encoder writes: numpy parses it ~8x faster than
+        # int() per token, which matters when validating 100,064 submission rows.
+        values = np.fromstring(rle, dtype=np.int64, sep=" ")
+    else:
+        try:
+            values = np.array([int(t) for t in rle.split()], dtype=np.int64)
+        except ValueError as err:
+            raise RLEError(f"non-integer value in RLE: {err}") from None
+    if values.size % 2:
+        raise RLEError(f"odd number of values ({values.size}): RLE needs `start length` pairs")
     return values.reshape(-1, 2)
 
 
