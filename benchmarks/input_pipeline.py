@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from carvana.config import TrainConfig, parse_size
-    from carvana.dataset import CarvanaData
-    from carvana.pipeline import get_dataset
+    from carvana.files import CarvanaData
+    from carvana.inputs import get_dataset
     from carvana.synth import synthesize
 
     config = TrainConfig(

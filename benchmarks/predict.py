@@ -45,7 +45,7 @@ sys.path.insert(0, sys.argv[6])
 from pathlib import Path
 from predict import use_trivial_model
 from carvana.config import PredictConfig
-from carvana.dataset import CarvanaData
+from carvana.files import CarvanaData
 from carvana.predict import predict
 data, run, out, n, batch = sys.argv[1:6]
 use_trivial_model()
@@ -234,7 +234,7 @@ def main(argv=None) -> None:
 
     from carvana import rle
     from carvana.config import PredictConfig, TrainConfig
-    from carvana.dataset import CarvanaData
+    from carvana.files import CarvanaData
     from carvana.predict import _postprocess, load_run, make_forward
 
     global ORIGINAL_LOAD_RUN

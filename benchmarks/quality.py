@@ -35,7 +35,7 @@ def restore(source: Path, target: Path, size=FULL_SIZE) -> Path:
     import numpy as np
     from PIL import Image
 
-    from carvana.dataset import CarvanaData
+    from carvana.files import CarvanaData
 
     done = target / "RESTORED"
     if done.exists():
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from carvana.config import TrainConfig, parse_size
-    from carvana.dataset import CarvanaData, car_id
+    from carvana.files import CarvanaData, car_id
     from carvana.evaluate import compare, evaluate
     from carvana.train import TimeLimit, train
 

@@ -65,7 +65,7 @@ def full_size_mask(data_dir: Path | None) -> tuple[np.ndarray, str]:
         from carvana.synth import render_car
 
         return render_car((h, w), seed=0, angle=3)[1], "synthetic car (seed 0, angle 03)"
-    from carvana.dataset import CarvanaData
+    from carvana.files import CarvanaData
 
     data = CarvanaData(data_dir)
     image_id = data.train_ids()[len(data.train_ids()) // 3]
@@ -78,7 +78,7 @@ def check_folder(data_dir: Path) -> None:
     """Every mask of the folder round-trips, and encodes exactly as its train_masks.csv."""
     from tqdm import tqdm
 
-    from carvana.dataset import CarvanaData
+    from carvana.files import CarvanaData
 
     data = CarvanaData(data_dir)
     table = data.train_masks_table().set_index("img")["rle_mask"]

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from carvana.cli import main
-from carvana.dataset import CarvanaData
+from carvana.files import CarvanaData
 
 
 def test_help(capsys):

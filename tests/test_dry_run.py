@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from carvana.cli import main
-from carvana.dataset import CarvanaData
+from carvana.files import CarvanaData
 from carvana.submission import validate
 
 

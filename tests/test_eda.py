@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from carvana import rle
-from carvana.dataset import CarvanaData
+from carvana.files import CarvanaData
 from carvana.eda import _markdown_table, _pick_samples, mask_coverage, run_eda
 
 

@@ -7,7 +7,7 @@ import pytest
 from fake_kaggle import FakeKaggle, FakeKaggleServer
 
 from carvana import cli, kaggle_api
-from carvana.dataset import COMPETITION, CarvanaData
+from carvana.files import COMPETITION, CarvanaData
 
 KEY = "k3y-that-must-never-show-0123456789"
 

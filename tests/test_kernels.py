@@ -18,7 +18,7 @@ import pytest
 
 from carvana import kernels
 from carvana.config import PredictConfig, TrainConfig
-from carvana.dataset import COMPETITION
+from carvana.files import COMPETITION
 
 SRC = Path(kernels.__file__).parent
 
@@ -232,7 +232,7 @@ def run_kernel(script: Path, folder: Path, env: dict) -> str:
 @pytest.mark.slow
 def test_built_train_then_predict_kernels_on_a_fake_kaggle(tmp_path):
     from carvana import cli
-    from carvana.dataset import CarvanaData
+    from carvana.files import CarvanaData
     from carvana.submission import validate
 
     root = tmp_path / "kaggle"

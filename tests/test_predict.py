@@ -15,8 +15,8 @@ import tensorflow as tf
 
 from carvana import cli, rle
 from carvana.config import PredictConfig, TrainConfig
-from carvana.dataset import CarvanaData
-from carvana.pipeline import decode_image
+from carvana.files import CarvanaData
+from carvana.inputs import decode_image
 from carvana.predict import make_forward, predict, predict_masks, shard_names, upscale_mask
 from carvana.submission import merge, read_rows, validate
 from carvana.synth import synthesize
@@ -294,7 +294,7 @@ KILLED_RUN = """
 import sys, time
 from pathlib import Path
 from carvana.config import PredictConfig
-from carvana.dataset import CarvanaData
+from carvana.files import CarvanaData
 from carvana.predict import predict
 
 data = CarvanaData(sys.argv[1])

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from carvana import cli, rle
-from carvana.dataset import CarvanaData
+from carvana.files import CarvanaData
 from carvana.submission import (
     SubmissionWriter,
     TruncatedError,

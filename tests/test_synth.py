@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from carvana import rle
-from carvana.dataset import ANGLES, CarvanaData, decode_mask
+from carvana.files import ANGLES, CarvanaData, decode_mask
 from carvana.synth import synthesize
 
 

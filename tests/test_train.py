@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 from carvana.config import TrainConfig
-from carvana.dataset import CarvanaData, car_id
+from carvana.files import CarvanaData, car_id
 from carvana.models import load_model
-from carvana.pipeline import get_dataset
+from carvana.inputs import get_dataset
 from carvana.train import (
     DiceMetric,
     TimeLimit,

@@ -11,7 +11,7 @@ import os
 import sys
 
 from carvana.config import PredictConfig
-from carvana.dataset import CarvanaData, competition_dir, working_dir
+from carvana.files import CarvanaData, competition_dir, working_dir
 from carvana.kernels import config_from_env, find_run
 from carvana.predict import predict
 

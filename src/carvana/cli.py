@@ -15,7 +15,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
 
 
 def _data_dir(value: str | None) -> Path:
-    from carvana.dataset import DataError, default_data_dir
+    from carvana.files import DataError, default_data_dir
 
     if value:
         return Path(value)
@@ -26,7 +26,7 @@ def _data_dir(value: str | None) -> Path:
 
 
 def _data(args):
-    from carvana.dataset import CarvanaData
+    from carvana.files import CarvanaData
 
     return CarvanaData(_data_dir(args.data), hq=getattr(args, "hq", False))
 
@@ -207,7 +207,7 @@ def cmd_dry_run(args) -> int:
 
 
 def _has_default_data() -> bool:
-    from carvana.dataset import default_data_dir
+    from carvana.files import default_data_dir
 
     return default_data_dir() is not None
 

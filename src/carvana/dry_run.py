@@ -42,7 +42,7 @@ def _done(start: float) -> None:
 
 def dry_run(out: Path, quick: bool = False) -> dict:
     """Run every stage on synthetic data under `out`; return the summary it prints."""
-    from carvana.dataset import CarvanaData
+    from carvana.files import CarvanaData
     from carvana.eda import run_eda
     from carvana.synth import synthesize
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from carvana.dataset import ANGLES, CarvanaData, car_id
+from carvana.files import ANGLES, CarvanaData, car_id
 
 HEAD_ROWS = 5
 RLE_PREVIEW = 40  # characters of an RLE string shown in the table head

@@ -18,7 +18,7 @@ import numpy as np
 
 from carvana import rle
 from carvana.config import PredictConfig, TrainConfig
-from carvana.dataset import ANGLES, DataError, car_id
+from carvana.files import ANGLES, DataError, car_id
 
 EVALUATION_FILE = "evaluation.json"
 REPORT_FILE = "report.md"

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from carvana import kernels
-from carvana.dataset import COMPETITION
+from carvana.files import COMPETITION
 
 HOW_TO_CREDENTIALS = (
     "no Kaggle credentials found; set them in one of these ways: save the kaggle.json of "

@@ -26,7 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
-from carvana.dataset import COMPETITION, kaggle_root
+from carvana.files import COMPETITION, kaggle_root
 
 KERNEL_NAMES = ("carvana-train-cnn", "carvana-train-mobilenet", "carvana-predict")
 MAX_SCRIPT_BYTES = 1_000_000  # Kaggle rejects kernel sources of 1 MB and more
@@ -364,7 +364,7 @@ def config_from_env(config, prefix: str = "CARVANA_"):
 def train_kernel(config) -> dict:
     """A train kernel's job: train `config` (CARVANA_<FIELD> overrides) into working/run,
     evaluate on the validation cars unless CARVANA_EVALUATE=0, write train-summary.json."""
-    from carvana.dataset import CarvanaData, competition_dir, working_dir
+    from carvana.files import CarvanaData, competition_dir, working_dir
     from carvana.evaluate import evaluate
     from carvana.train import train
 

@@ -29,8 +29,8 @@ import tensorflow as tf
 
 from carvana import rle
 from carvana.config import CONFIG_FILE, MODEL_FILE, PredictConfig, TrainConfig
-from carvana.dataset import DataError, jpeg_size
-from carvana.pipeline import crop_to_image, decode_image
+from carvana.files import DataError, jpeg_size
+from carvana.inputs import crop_to_image, decode_image
 from carvana.submission import SubmissionWriter, image_shape, validate
 
 

@@ -201,7 +201,7 @@ def expected_ids(data) -> list[str]:
 
 def image_shape(data) -> tuple[int, int]:
     """(height, width) RLEs are checked against: the data's images, else Carvana's 1280x1918."""
-    from carvana.dataset import DataError
+    from carvana.files import DataError
 
     if data is not None and (data.train is not None or data.test is not None):
         try:

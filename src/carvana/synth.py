@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from carvana import rle
-from carvana.dataset import ANGLES
+from carvana.files import ANGLES
 
 MARKER = "SYNTHETIC.md"
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: byte-identical zips for a seed

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from carvana.config import MODEL_FILE, TrainConfig
-from carvana.dataset import car_id, split_by_car
+from carvana.files import car_id, split_by_car
 
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
@@ -351,7 +351,7 @@ def train(
     """Train config.model on data's training images into run_dir; resume its checkpoint when
     present. Returns best_val_dice, best_epoch, epochs_run, seconds_per_epoch, params, ..."""
     from carvana.models import build_model, count_params
-    from carvana.pipeline import get_dataset
+    from carvana.inputs import get_dataset
 
     run_dir = Path(run_dir)
     log = print if verbose else None

@@ -11,6 +11,7 @@ import os
 import threading
 import warnings
 import zipfile
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -51,6 +52,30 @@ def default_data_dir() -> Path | None:
 def car_id(image_id: str) -> str:
     """Car id of an image id or file name: '0cdf5b5d0ce1_01.jpg' -> '0cdf5b5d0ce1'."""
     return Path(image_id).name.rsplit("_", 1)[0]
+
+
+def angle(image_id: str) -> str:
+    """Turntable angle '01'..'16' of an image id or file name: '0cdf5b5d0ce1_01.jpg' -> '01'."""
+    return Path(image_id).name.rsplit("_", 1)[-1][:2]
+
+
+def shuffled(items: list, seed: int) -> list:
+    """The items in a deterministic pseudo-random order (the one split, subset and shuffle use)."""
+    return [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
+
+
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
+    """Call write(tmp_path) beside `path`, then rename: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        write(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 def image_id(file_name: str) -> str:
@@ -343,12 +368,11 @@ def split_by_car(
     """Deterministic train/validation split of image ids with all angles of a car on one side."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    cars = sorted({car_id(i) for i in image_ids})
-    order = np.random.default_rng(seed).permutation(len(cars))
+    cars = shuffled(sorted({car_id(i) for i in image_ids}), seed)
     n_val = int(round(len(cars) * val_fraction))
     if val_fraction > 0 and len(cars) > 1:
         n_val = min(max(n_val, 1), len(cars) - 1)
-    val_cars = {cars[i] for i in order[:n_val]}
+    val_cars = set(cars[:n_val])
     train = [i for i in image_ids if car_id(i) not in val_cars]
     val = [i for i in image_ids if car_id(i) in val_cars]
     return train, val

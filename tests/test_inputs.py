@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from carvana.config import TrainConfig
-from carvana.dataset import CarvanaData
-from carvana.pipeline import crop_to_image, decode_image, get_dataset, shrink_mask
+from carvana.files import CarvanaData
+from carvana.inputs import crop_to_image, decode_image, get_dataset, shrink_mask
 
 CONFIG = TrainConfig(image_size=(32, 48), original_size=(128, 192), batch_size=8)
 
@@ -144,7 +144,7 @@ def test_bad_requests_are_refused(synth_dirs):
 
 def test_prediction_path_never_imports_keras_cv():
     code = (
-        "import sys, carvana.pipeline, carvana.models, carvana.evaluate, carvana.predict\n"
+        "import sys, carvana.inputs, carvana.models, carvana.evaluate, carvana.predict\n"
         "assert 'keras_cv' not in sys.modules, 'keras_cv imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from carvana.dataset import CarvanaData, DataError, car_id, image_id, split_by_car
+from carvana.files import CarvanaData, DataError, car_id, image_id, split_by_car
 
 
 def _gif(array: np.ndarray) -> bytes:
