@@ -64,3 +64,130 @@ def test_parse_size_rejects(text):
 def test_predict_config_rejects(kwargs):
     with pytest.raises(ValueError):
         PredictConfig(**kwargs)
+
+
+# -- one settings path: parse_value, CLI flags, CARVANA_<FIELD> -------------------------------
+@pytest.mark.parametrize(
+    "name, text, value",
+    [
+        ("image_size", "160x240", (160, 240)),
+        ("augment", "off", False),
+        ("augment", "Yes", True),
+        ("epochs", " 3 ", 3),
+        ("learning_rate", "3e-4", 3e-4),
+        ("model", "cnn", "cnn"),
+        ("val_cars", "a, b", ("a", "b")),
+    ],
+)
+def test_parse_value_by_field_type(name, text, value):
+    from carvana.config import parse_value
+
+    assert parse_value(TrainConfig, name, text) == value
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("epochs", "three", "expected an integer"),
+        ("augment", "maybe", "on/off"),
+        ("learning_rate", "nan", "finite"),
+        ("colour", "red", "unknown setting 'colour'"),
+    ],
+)
+def test_parse_value_rejects_with_the_reason(name, text, message):
+    from carvana.config import parse_value
+
+    with pytest.raises(ValueError, match=message):
+        parse_value(TrainConfig, name, text)
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, setting",
+    [
+        (TrainConfig, {"batch_size": 0}, "batch_size"),
+        (TrainConfig, {"epochs": 0}, "epochs"),
+        (TrainConfig, {"image_size": (0, 48)}, "image_size"),
+        (TrainConfig, {"image_size": (32,)}, "image_size"),
+        (TrainConfig, {"val_fraction": 1.0}, "val_fraction"),
+        (TrainConfig, {"learning_rate": -1.0}, "learning_rate"),
+        (TrainConfig, {"max_cars": -2}, "max_cars"),
+        (TrainConfig, {"model": "resnet"}, "model"),
+        (PredictConfig, {"batch_size": 0}, "batch_size"),
+        (PredictConfig, {"workers": 0}, "workers"),
+        (PredictConfig, {"limit": -1}, "limit"),
+        (PredictConfig, {"shard": (4, 4)}, "shard"),
+    ],
+)
+def test_out_of_range_settings_name_the_setting(cls, kwargs, setting):
+    with pytest.raises(ValueError, match=rf"^setting {setting} must be"):
+        cls(**kwargs)
+
+
+def test_from_env_parses_with_the_same_parser_and_reports_what_it_set():
+    from carvana.config import from_env
+
+    environ = {"CARVANA_EPOCHS": "2", "CARVANA_IMAGE_SIZE": "32x48", "CARVANA_AUGMENT": "off"}
+    config, asked = from_env(TrainConfig(model="cnn"), environ)
+    assert (config.model, config.epochs, config.image_size, config.augment) == (
+        "cnn",
+        2,
+        (32, 48),
+        False,
+    )
+    assert asked == {"epochs", "image_size", "augment"}
+    predict, asked = from_env(PredictConfig(), {"CARVANA_SHARD": "1/4", "CARVANA_TTA": "on"})
+    assert (predict.shard, predict.tta, asked) == ((1, 4), True, {"shard", "tta"})
+
+
+@pytest.mark.parametrize(
+    "environ, message",
+    [
+        ({"CARVANA_BATCH_SIZE": "0"}, "batch_size must be at least 1"),
+        ({"CARVANA_EPOCHS": "x"}, "CARVANA_EPOCHS: expected an integer"),
+    ],
+)
+def test_from_env_rejects_in_one_line(environ, message):
+    from carvana.config import from_env
+
+    with pytest.raises(ValueError, match=message):
+        from_env(TrainConfig(), environ)
+
+
+def test_cli_flags_come_from_the_fields_and_know_what_was_given():
+    import argparse
+
+    from carvana.config import add_arguments, given_settings
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TrainConfig)
+    args = parser.parse_args(["--lr", "0.01", "--epochs", "20", "--augment", "off"])
+    # --epochs 20 is the default value, asked for explicitly: it still counts as given.
+    assert given_settings(args, TrainConfig) == {
+        "learning_rate": 0.01,
+        "epochs": 20,
+        "augment": False,
+    }
+    assert given_settings(parser.parse_args([]), TrainConfig) == {}
+    help_text = " ".join(parser.format_help().split())  # argparse wraps lines
+    assert "(default: 160x240)" in help_text and "(default: mobilenet)" in help_text
+    assert "--val-cars" not in help_text  # train fills the split in itself
+
+
+def test_bare_boolean_flag_means_on():
+    import argparse
+
+    from carvana.config import add_arguments, given_settings
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, PredictConfig)
+    assert given_settings(parser.parse_args(["--tta"]), PredictConfig) == {"tta": True}
+    assert given_settings(parser.parse_args(["--tta", "off"]), PredictConfig) == {"tta": False}
+
+
+def test_config_json_records_the_library_versions(tmp_path):
+    from carvana.config import saved_versions
+
+    TrainConfig(model="cnn").save(tmp_path)
+    versions = saved_versions(tmp_path)
+    assert set(versions) >= {"python", "tensorflow", "keras", "numpy"}
+    assert TrainConfig.load(tmp_path) == TrainConfig(model="cnn")

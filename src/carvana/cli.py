@@ -31,18 +31,6 @@ def _data(args):
     return CarvanaData(_data_dir(args.data), hq=getattr(args, "hq", False))
 
 
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"shard must look like i/n (e.g. 0/4), got {text!r}"
-        ) from None
-    if not (n >= 1 and 0 <= i < n):
-        raise argparse.ArgumentTypeError(f"shard i/n needs 0 <= i < n, got {text!r}")
-    return i, n
-
-
 def _size(text: str) -> tuple[int, int]:
     from carvana.config import parse_size
 
@@ -86,27 +74,13 @@ def cmd_eda(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from carvana.config import TrainConfig
+    from carvana.config import TrainConfig, given_settings
     from carvana.train import train
 
-    overrides = {
-        k: v
-        for k, v in dict(
-            model=args.model,
-            epochs=args.epochs,
-            image_size=args.image_size,
-            batch_size=args.batch_size,
-            weights=args.weights,
-            val_fraction=args.val_fraction,
-            learning_rate=args.lr,
-            patience=args.patience,
-            seed=args.seed,
-            max_cars=args.max_cars,
-            augment=None if args.augment is None else args.augment == "on",
-        ).items()
-        if v is not None
-    }
-    summary = train(_data(args), TrainConfig(**overrides), Path(args.out), resume=not args.fresh)
+    asked = given_settings(args, TrainConfig)
+    summary = train(
+        _data(args), TrainConfig(**asked), Path(args.out), resume=not args.fresh, asked=set(asked)
+    )
     print(f"run folder: {args.out}  best validation Dice: {summary['best_val_dice']:.4f}")
     return 0
 
@@ -130,17 +104,10 @@ def cmd_compare(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from carvana.config import PredictConfig
+    from carvana.config import PredictConfig, given_settings
     from carvana.predict import predict
 
-    config = PredictConfig(
-        threshold=args.threshold,
-        tta=args.tta,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        shard=args.shard,
-        limit=args.limit,
-    )
+    config = PredictConfig(**given_settings(args, PredictConfig))
     summary = predict(
         _data(args), Path(args.run), Path(args.out), config, allow_bad_images=args.allow_bad_images
     )
@@ -215,6 +182,8 @@ def _has_default_data() -> bool:
 # -- parser ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `carvana` command."""
+    from carvana.config import PredictConfig, TrainConfig, add_arguments
+
     parser = argparse.ArgumentParser(
         prog="carvana", description="Carvana Image Masking Challenge: data to scored submission."
     )
@@ -243,18 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model into a run folder")
     _add_data(p)
-    p.add_argument("--model", choices=("cnn", "mobilenet"))
-    p.add_argument("--out", required=True, help="run folder (config.json, model.keras, ...)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--image-size", type=_size, metavar="HxW", help="e.g. 160x240")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--weights", help="none | imagenet | path to a weights file")
-    p.add_argument("--val-fraction", type=float)
-    p.add_argument("--lr", type=float, help="initial learning rate")
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-cars", type=int, help="use only this many cars (quick runs)")
-    p.add_argument("--augment", choices=("on", "off"))
+    add_arguments(p, TrainConfig)
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     p.set_defaults(func=cmd_train)
 
@@ -274,23 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.add_argument("--run", required=True, help="run folder made by train")
     p.add_argument("--out", default="submission/submission.csv.gz")
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--tta", action="store_true", help="horizontal-flip test-time augmentation")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=max(2, min(8, os.cpu_count() or 2)),
-        help="post-processing threads",
-    )
-    p.add_argument(
-        "--shard",
-        type=_shard,
-        default=(0, 1),
-        metavar="i/n",
-        help="predict the i-th of n deterministic parts (0-based)",
-    )
-    p.add_argument("--limit", type=int, default=0, help="only the first N test images")
+    add_arguments(p, PredictConfig)
     p.add_argument(
         "--allow-bad-images",
         action="store_true",
@@ -334,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `carvana` command; user errors exit 2 with one line."""
+    # TensorFlow's C++ start-up log is noise to a user; their own setting wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     if args.command == "kernels" and args.action != "build" and len(args.names) != 1:
         build_parser().error(f"kernels {args.action} needs exactly one kernel name")

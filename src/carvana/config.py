@@ -1,16 +1,39 @@
-"""Frozen settings for training and prediction, saved as JSON beside every trained model."""
+"""Settings: the frozen TrainConfig / PredictConfig, their one parser and their JSON files.
+
+Every way a setting reaches a run goes through `parse_value`: the CLI's flags (built from the
+dataclass fields by `add_arguments`), CARVANA_<FIELD> variables in kernels (`from_env`) and
+config.json. Values are checked where the dataclass is built, so every caller gets the same
+one-line errors. No TensorFlow here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import os
+import platform
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 MODEL_NAMES = ("cnn", "mobilenet")
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
+ENV_PREFIX = "CARVANA_"
+VERSIONS_KEY = "versions"  # config.json: the library versions a run was trained with
+RECORDED_PACKAGES = ("tensorflow", "keras", "keras-cv", "numpy")
+METAVARS = {"bool": "on|off", "size": "HxW", "shard": "i/n", "int": "N", "float": "X"}
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def setting(default, help: str, **extra):
+    """A dataclass field with its help text (and optional CLI `flag`, `kind`, `cli=False`)."""
+    if callable(default):
+        return field(default_factory=default, metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -24,34 +47,144 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse 'i/n' (e.g. '0/4') into (i, n)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    return i, n
+
+
+def _parse_bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"expected on/off, got {text!r}")
+
+
+def _parse_number(text: str, kind: type):
+    try:
+        value = kind(text.strip())
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"expected {what}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def parse_value(cls, name: str, text: str):
+    """Parse the text of one setting of `cls` (e.g. TrainConfig, 'image_size', '160x240')."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in fields:
+        raise ValueError(f"unknown setting {name!r}; choose one of {', '.join(fields)}")
+    f = fields[name]
+    kind = f.metadata.get("kind", f.type)
+    parsers = {
+        "bool": _parse_bool,
+        "int": lambda t: _parse_number(t, int),
+        "float": lambda t: _parse_number(t, float),
+        "str": str.strip,
+        "size": lambda t: parse_size(t.strip()),
+        "shard": lambda t: parse_shard(t.strip()),
+        "names": lambda t: tuple(v for v in re.split(r"[,\s]+", t.strip()) if v),
+    }
+    if kind not in parsers:
+        raise ValueError(f"setting {name!r} cannot be given as text")
+    return parsers[kind](text)
+
+
+def _check(condition: bool, name: str, rule: str, value) -> None:
+    if not condition:
+        raise ValueError(f"setting {name} must be {rule}, got {value!r}")
+
+
+class _Settings:
+    """What both configs share: replace, dict/JSON round trip, overrides from text."""
+
+    def replace(self, **changes):
+        """A copy with some fields changed (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain-JSON dictionary of all fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping):
+        """Build from a dictionary, rejecting unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def with_texts(self, texts: Mapping[str, str], where: str = "{name}"):
+        """A copy with fields set from text values; errors name `where` (formatted by name)."""
+        changes = {}
+        for name, text in texts.items():
+            try:
+                changes[name] = parse_value(type(self), name, text)
+            except ValueError as err:
+                raise ValueError(f"{where.format(name=name, NAME=name.upper())}: {err}") from None
+        return self.replace(**changes) if changes else self
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Settings):
     """Everything needed to rebuild, train and apply a model; one JSON per run folder."""
 
-    model: str = "mobilenet"
-    image_size: tuple[int, int] = (160, 240)  # (h, w) images are resized to, aspect kept
-    original_size: tuple[int, int] = (1280, 1918)  # (h, w) of the dataset's images
-    weights: str = "none"  # none | imagenet | path to a weights file
-    bn_momentum: float = 0.9  # 0.999 (Keras default) leaves from-scratch BN statistics unusable
-    epochs: int = 20
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    patience: int = 5
-    augment: bool = True
-    val_fraction: float = 0.2
-    seed: int = 42
-    max_cars: int = 0  # 0: all training cars; otherwise a deterministic subset (quick runs)
-    val_cars: tuple[str, ...] = field(default_factory=tuple)
-    train_cars: tuple[str, ...] = field(default_factory=tuple)
+    model: str = setting("mobilenet", f"architecture: {' | '.join(MODEL_NAMES)}")
+    image_size: tuple[int, int] = setting(
+        (160, 240), "HxW the images are resized to (aspect kept)", kind="size"
+    )
+    original_size: tuple[int, int] = setting(
+        (1280, 1918), "HxW of the dataset's images (train fills it in)", kind="size", cli=False
+    )
+    weights: str = setting("none", "encoder weights: none | imagenet | path to a weights file")
+    # 0.999 (Keras's default) leaves from-scratch BN statistics unusable for hundreds of steps.
+    bn_momentum: float = setting(0.9, "BatchNormalization momentum")
+    epochs: int = setting(20, "epochs to train")
+    batch_size: int = setting(16, "images per step (global, over all replicas)")
+    learning_rate: float = setting(1e-3, "initial learning rate", flag="lr")
+    patience: int = setting(5, "early-stopping patience in epochs")
+    augment: bool = setting(True, "KerasCV augmentation: on | off")
+    val_fraction: float = setting(0.2, "fraction of cars held out for validation")
+    seed: int = setting(42, "seed of the car split, shuffling and initialisation")
+    max_cars: int = setting(0, "use only this many cars (quick runs); 0: all")
+    val_cars: tuple[str, ...] = setting(tuple, "validation cars", kind="names", cli=False)
+    train_cars: tuple[str, ...] = setting(tuple, "training cars", kind="names", cli=False)
 
     def __post_init__(self):
-        if self.model not in MODEL_NAMES:
-            raise ValueError(
-                f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}"
-            )
         # JSON gives lists back; keep tuples so the dataclass stays hashable and comparable.
         for name in ("image_size", "original_size", "val_cars", "train_cars"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        _check(self.model in MODEL_NAMES, "model", f"one of {', '.join(MODEL_NAMES)}", self.model)
+        for name in ("image_size", "original_size"):
+            size = getattr(self, name)
+            _check(
+                len(size) == 2 and all(isinstance(s, int) and 1 <= s <= 8192 for s in size),
+                name,
+                "two sides between 1 and 8192 pixels (HxW)",
+                size,
+            )
+        _check(self.epochs >= 1, "epochs", "at least 1", self.epochs)
+        _check(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
+        _check(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            "learning_rate",
+            "a positive number",
+            self.learning_rate,
+        )
+        _check(self.patience >= 1, "patience", "at least 1", self.patience)
+        _check(0.0 <= self.val_fraction < 1.0, "val_fraction", "in [0, 1)", self.val_fraction)
+        _check(0.0 <= self.bn_momentum < 1.0, "bn_momentum", "in [0, 1)", self.bn_momentum)
+        _check(self.max_cars >= 0, "max_cars", "0 (all) or more", self.max_cars)
+        _check(self.seed >= 0, "seed", "0 or more", self.seed)
+        _check(bool(self.weights.strip()), "weights", "none, imagenet or a file", self.weights)
 
     @property
     def padded_size(self) -> tuple[int, int]:
@@ -70,59 +203,150 @@ class TrainConfig:
                 return ratio
         return 1
 
-    def replace(self, **changes) -> TrainConfig:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        """Plain-JSON dictionary of all fields."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        """Build from a dictionary, rejecting unknown keys by name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-        return cls(**data)
-
     def save(self, run_dir: str | Path) -> Path:
-        """Write config.json into a run folder."""
+        """Write config.json into a run folder, with the library versions it was trained with."""
         path = Path(run_dir) / CONFIG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        data = {**self.to_dict(), VERSIONS_KEY: library_versions()}
+        path.write_text(json.dumps(data, indent=2) + "\n")
         return path
 
     @classmethod
     def load(cls, run_dir: str | Path) -> TrainConfig:
         """Read config.json from a run folder (or the file itself)."""
-        path = Path(run_dir)
-        if path.is_dir():
-            path = path / CONFIG_FILE
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no config.json; is this a run folder made by train?")
+        path = _config_path(run_dir)
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError, ValueError) as err:
+            data = json.loads(path.read_text())
+            data.pop(VERSIONS_KEY, None)
+            return cls.from_dict(data)
+        except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{path}: bad config: {err}") from None
 
 
+def default_workers() -> int:
+    """Post-processing threads: the cores there are, between 2 and 8."""
+    return max(2, min(8, os.cpu_count() or 2))
+
+
 @dataclass(frozen=True)
-class PredictConfig:
+class PredictConfig(_Settings):
     """Settings of one prediction run; the model's own settings come from its TrainConfig."""
 
-    threshold: float = 0.5
-    tta: bool = False  # average with the un-flipped prediction of the flipped image
-    batch_size: int = 32
-    workers: int = 2  # post-processing threads (upscale, threshold, RLE)
-    shard: tuple[int, int] = (0, 1)  # (i, n): this run predicts the i-th of n parts
-    limit: int = 0  # 0: all test images
+    threshold: float = setting(0.5, "probability above which a pixel is car")
+    tta: bool = setting(False, "average with the prediction of the horizontally flipped image")
+    batch_size: int = setting(32, "images per forward pass")
+    workers: int = setting(default_workers, "post-processing threads (upscale, threshold, RLE)")
+    shard: tuple[int, int] = setting(
+        (0, 1), "predict the i-th of n deterministic parts, i/n (0-based)", kind="shard"
+    )
+    limit: int = setting(0, "only the first N test images of the shard; 0: all")
 
     def __post_init__(self):
         object.__setattr__(self, "shard", tuple(self.shard))
         i, n = self.shard
-        if not (n >= 1 and 0 <= i < n):
-            raise ValueError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
+        _check(n >= 1 and 0 <= i < n, "shard", "i/n with 0 <= i < n", f"{i}/{n}")
+        _check(0.0 < self.threshold < 1.0, "threshold", "between 0 and 1", self.threshold)
+        _check(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
+        _check(1 <= self.workers <= 256, "workers", "between 1 and 256", self.workers)
+        _check(self.limit >= 0, "limit", "0 (all) or more", self.limit)
+
+
+# -- where settings come from ---------------------------------------------------------------
+def cli_fields(cls) -> list[dataclasses.Field]:
+    """The fields of `cls` a user may set (from the CLI or the environment)."""
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+
+
+def flag_names(f: dataclasses.Field) -> list[str]:
+    """The command-line flags of a field: --image-size, plus a short alias such as --lr."""
+    names = ["--" + f.name.replace("_", "-")]
+    if "flag" in f.metadata:
+        names.append("--" + f.metadata["flag"])
+    return names
+
+
+def _show_default(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return f"{value[0]}x{value[1]}"
+    return str(value)
+
+
+def add_arguments(parser, cls, skip: Iterable[str] = ()) -> None:
+    """Add one flag per user-settable field of `cls` to an argparse parser, defaults shown.
+
+    Flags the user does not give stay out of the namespace (argparse.SUPPRESS), so
+    `given_settings` can tell which fields were asked for."""
+    import argparse
+
+    for f in cli_fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name == "shard":
+            default = "/".join(map(str, default))
+
+        def parse(text, name=f.name):
+            try:
+                return parse_value(cls, name, text)
+            except ValueError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
+
+        kind = f.metadata.get("kind", f.type)
+        optional = {"nargs": "?", "const": True} if kind == "bool" else {}
+        parser.add_argument(
+            *flag_names(f),
+            dest=f.name,
+            type=parse,
+            default=argparse.SUPPRESS,
+            metavar=METAVARS.get(kind, f.name.upper()),
+            help=f"{f.metadata['help']} (default: {_show_default(default)})",
+            **optional,
+        )
+
+
+def given_settings(args, cls) -> dict:
+    """The fields of `cls` the user gave on the command line, with their parsed values."""
+    return {f.name: getattr(args, f.name) for f in cli_fields(cls) if hasattr(args, f.name)}
+
+
+def from_env(base, environ: Mapping[str, str] | None = None, prefix: str = ENV_PREFIX):
+    """(base overridden by PREFIX<FIELD> variables, the names of the fields they set)."""
+    environ = os.environ if environ is None else environ
+    texts = {
+        f.name: environ[prefix + f.name.upper()]
+        for f in cli_fields(type(base))
+        if environ.get(prefix + f.name.upper(), "").strip()
+    }
+    return base.with_texts(texts, where=prefix + "{NAME}"), frozenset(texts)
+
+
+# -- run folders ----------------------------------------------------------------------------
+def _config_path(run_dir: str | Path) -> Path:
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no config.json; is this a run folder made by train?")
+    return path
+
+
+def library_versions() -> dict[str, str]:
+    """Python and the installed versions of the libraries a saved model depends on."""
+    versions = {"python": platform.python_version()}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def saved_versions(run_dir: str | Path) -> dict[str, str]:
+    """The library versions recorded in a run folder's config.json ({} for older runs)."""
+    path = _config_path(run_dir)
+    try:
+        return dict(json.loads(path.read_text()).get(VERSIONS_KEY) or {})
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: bad config: {err}") from None
