@@ -10,6 +10,7 @@ import pytest
 from carvana import rle
 from carvana.files import ANGLES, CarvanaData, decode_mask
 from carvana.synth import synthesize
+from carvana.synth_car import Car, Renderer, render_car
 
 
 def _digest(root):
@@ -27,6 +28,21 @@ def test_same_seed_gives_identical_bytes(tmp_path, zipped):
     assert _digest(a) == _digest(b)
     other = synthesize(tmp_path / "c", **{**kw, "seed": 8})
     assert _digest(other) != _digest(a)
+
+
+def test_a_drawing_depends_only_on_car_angle_and_size():
+    # synthesize reuses one Renderer for every image: nothing may carry over between drawings.
+    cars = [Car(np.random.default_rng(seed)) for seed in (1, 2)]
+    shared = Renderer((40, 56))
+    first = {(i, a): shared.render(car, a) for i, car in enumerate(cars) for a in (1, 5, 12)}
+    for (i, a), (image, mask) in reversed(list(first.items())):
+        fresh_image, fresh_mask = Renderer((40, 56)).render(cars[i], a)
+        assert np.array_equal(image, fresh_image) and np.array_equal(mask, fresh_mask)
+    assert not np.array_equal(first[0, 1][1], first[0, 5][1])
+    assert not np.array_equal(first[0, 5][1], first[1, 5][1])
+    image, mask = render_car((40, 56), seed=3, angle=7)
+    again = render_car((40, 56), seed=3, angle=7)
+    assert np.array_equal(image, again[0]) and np.array_equal(mask, again[1])
 
 
 def test_folder_layout_names_and_sizes(synth_dirs):
@@ -140,3 +156,5 @@ def test_bad_arguments(tmp_path):
         synthesize(tmp_path / "x", size=(8, 8))
     with pytest.raises(ValueError, match="train_cars"):
         synthesize(tmp_path / "y", train_cars=0)
+    with pytest.raises(ValueError, match="angle must be 1..16, got 17"):
+        render_car((32, 48), angle=17)
