@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from carvana import rle
+from carvana import cli, rle
+from carvana.eda import _pick_samples, mask_coverage, run_eda
 from carvana.files import CarvanaData
-from carvana.eda import _markdown_table, _pick_samples, mask_coverage, run_eda
+from carvana.markdown import frame_table, markdown_table
 
 
 def _png_size(path):
@@ -99,9 +100,60 @@ def test_pick_samples_spreads_cars_and_angles():
 
 def test_markdown_table_escapes():
     frame = pd.DataFrame({"a": ["x|y", None], "b": [1.5, float("nan")]})
-    assert _markdown_table(frame).splitlines() == [
+    assert frame_table(frame).splitlines() == [
         "| a | b |",
         "|---|---|",
         "| x\\|y | 1.5 |",
         "|  |  |",
     ]
+
+
+def test_one_markdown_table_for_eda_and_evaluate():
+    import carvana.evaluate
+
+    assert markdown_table(["run", "Dice"], [["a", "0.9"], ["b|c", None]]).splitlines() == [
+        "| run | Dice |",
+        "|---|---|",
+        "| a | 0.9 |",
+        "| b\\|c |  |",
+    ]
+    assert not hasattr(carvana.evaluate, "_table") and not hasattr(carvana.evaluate, "_angle")
+
+
+def test_coverage_rejects_an_rle_that_would_overflow(synth_dirs):
+    data = CarvanaData(synth_dirs["folders"])
+    table = data.merged_table().head(2).copy()
+    table.loc[1, "rle_mask"] = "4611686018427387905 4611686018427387905"
+    with pytest.raises(rle.RLEError, match="pair 1: start 4611686018427387905"):
+        mask_coverage(data, table)
+    table.loc[1, "rle_mask"] = "99999999999999999999  1"  # OverflowError before
+    with pytest.raises(rle.RLEError):
+        mask_coverage(data, table)
+
+
+# -- the command line: one line on stderr, exit 2 -----------------------------------------------
+def _cut(path, keep):
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+EDA_CASES = {
+    "truncated train.zip": ("zipped", lambda r: _cut(r / "train.zip", 5000), "train.zip: not a readable zip archive"),
+    "truncated test.zip": ("zipped", lambda r: _cut(r / "test.zip", 5000), "test.zip: not a readable zip archive"),
+    "truncated train_masks.zip": ("zipped", lambda r: _cut(r / "train_masks.zip", 5000), "train_masks.zip: not a readable zip archive"),
+    "truncated train_masks.csv.zip": ("zipped", lambda r: _cut(r / "train_masks.csv.zip", 100), "train_masks.csv.zip: not a readable zip archive"),
+    "truncated metadata.csv.zip": ("zipped", lambda r: _cut(r / "metadata.csv.zip", 100), "metadata.csv.zip: not a readable zip archive"),
+    "empty train_masks.csv": ("folders", lambda r: _cut(r / "train_masks.csv", 0), "train_masks.csv: empty file (no header line)"),
+    "truncated JPEG header": ("folders", lambda r: _cut(sorted((r / "train").iterdir())[0], 20), "_01.jpg: not a readable JPEG header"),
+    "overflowing RLE row": ("folders", lambda r: (r / "train_masks.csv").write_text("img,rle_mask\n" + sorted(p.name for p in (r / "train").iterdir())[0] + ",4611686018427387905 4611686018427387905\n"), "bad RLE: pair 1: start 4611686018427387905 (19 digits) is beyond any mask"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(EDA_CASES))
+def test_cli_eda_bad_input_is_one_line(synth_copy, tmp_path, capsys, monkeypatch, case):
+    monkeypatch.delenv("CARVANA_DEBUG", raising=False)
+    layout, damage, message = EDA_CASES[case]
+    root = synth_copy(layout)
+    damage(root)
+    assert cli.main(["eda", "--data", str(root), "--out", str(tmp_path / "eda")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("carvana: error: ") and message in err[0], err

@@ -4,6 +4,7 @@ import io
 import re
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -163,8 +164,10 @@ def test_mask_values_other_than_0_1(synth_copy, kind):
     "bad,message",
     [
         ("12 7 3", "odd number"),
-        ("5 x", "non-integer"),
-        ("40000 10", "last run ends at pixel 40009, beyond the 128x192"),
+        ("5 x", "value 2 'x' is not a plain number"),
+        ("40000 10", "pair 1: start 40000 is beyond the 128x192 mask \\(24576 pixels\\)"),
+        ("4611686018427387905 4611686018427387905", "pair 1: start 4611686018427387905 \\(19"),
+        ("1\t5", "value 1 '1\\\\t5' is not a plain number"),
     ],
 )
 def test_malformed_rle_row_names_the_line(synth_copy, bad, message):
@@ -216,3 +219,157 @@ def test_missing_parts_are_named(synth_copy):
     with pytest.raises(DataError, match="no sample_submission.csv"):
         data.sample_submission()
     assert len(data.train_ids()) == 96
+
+
+# -- zip members ---------------------------------------------------------------------------------
+def _add_members(archive_path, members: dict):
+    with zipfile.ZipFile(archive_path, "a") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def test_macos_resource_files_and_hidden_files_are_ignored(synth_copy):
+    root = synth_copy("zipped")
+    data = CarvanaData(root)
+    names, first = data.test_names(), data.test_names()[0]
+    image = data.read_test_image(first)
+    junk = b"\x00\x05\x16\x07 mac resource fork"
+    _add_members(
+        root / "test.zip",
+        {
+            f"__MACOSX/test/._{first}": junk,
+            "__MACOSX/test/._zzzz_01.jpg": junk,
+            "test/._zzzz_02.jpg": junk,
+            "test/.hidden_03.jpg": junk,
+            ".DS_Store": junk,
+            "test/.thumbs/yyyy_01.jpg": junk,
+        },
+    )
+    data = CarvanaData(root)
+    assert data.test_names() == names
+    assert np.array_equal(data.read_test_image(first), image)
+
+
+def test_hidden_files_in_a_folder_are_ignored(synth_copy):
+    root = synth_copy("folders")
+    names = CarvanaData(root).test_names()
+    (root / "test" / f"._{names[0]}").write_bytes(b"resource fork")
+    (root / "test" / ".x_01.jpg").write_bytes(b"hidden")
+    assert CarvanaData(root).test_names() == names
+
+
+def test_two_members_for_one_image_is_an_error_naming_both(synth_copy):
+    root = synth_copy("zipped")
+    first = CarvanaData(root).test_names()[0]
+    _add_members(root / "test.zip", {f"{first}": b"a second copy at the zip root"})
+    data = CarvanaData(root)
+    message = f"test.zip: two members for one image: test/{first} and {first}"
+    with pytest.raises(DataError, match=re.escape(message)):
+        data.test_names()
+
+
+def test_members_of_other_folders_are_not_images(synth_copy):
+    root = synth_copy("zipped")
+    data = CarvanaData(root)
+    train = data.train_ids()
+    _add_members(root / "train.zip", {"backup/zzzz_01.jpg": b"x", "train/sub/zzzz_02.jpg": b"x"})
+    assert CarvanaData(root).train_ids() == train
+
+
+def test_members_at_the_zip_root_are_accepted(synth_copy):
+    root = synth_copy("zipped")
+    data = CarvanaData(root)
+    names, image = data.test_names(), data.read_test_image(data.test_names()[0])
+    with zipfile.ZipFile(root / "test.zip") as src:
+        items = [(Path(i.filename).name, src.read(i)) for i in src.infolist() if not i.is_dir()]
+    with zipfile.ZipFile(root / "test.zip", "w") as dst:
+        for name, content in items:
+            dst.writestr(name, content)
+    data = CarvanaData(root)
+    assert data.test_names() == names
+    assert np.array_equal(data.read_test_image(names[0]), image)
+
+
+def test_hq_zip_members_are_under_their_own_folder(synth_copy):
+    root = synth_copy("zipped")
+    with zipfile.ZipFile(root / "train.zip") as src:
+        items = [(i.filename.replace("train/", "train_hq/"), src.read(i)) for i in src.infolist()]
+    with zipfile.ZipFile(root / "train_hq.zip", "w") as dst:
+        for name, content in items:
+            dst.writestr(name, content)
+    data = CarvanaData(root, hq=True)
+    assert data.train_ids() == CarvanaData(root).train_ids()
+    assert data.read_image(data.train_ids()[0]).shape == (128, 192, 3)
+
+
+# -- corrupt archives and files -----------------------------------------------------------------
+ZIPS = {
+    "train.zip": lambda d: d.train_ids(),
+    "train_masks.zip": lambda d: d.read_mask(d.train_ids()[0]),
+    "test.zip": lambda d: d.test_names(),
+    "train_masks.csv.zip": lambda d: d.train_masks_table(),
+    "metadata.csv.zip": lambda d: d.metadata(),
+    "sample_submission.csv.zip": lambda d: d.sample_submission(),
+}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+@pytest.mark.parametrize("name", list(ZIPS))
+def test_truncated_or_corrupt_zip_is_one_clear_error(synth_copy, name, damage):
+    root = synth_copy("zipped")
+    path = root / name
+    raw = bytearray(path.read_bytes())
+    if damage == "truncated":
+        raw = raw[: len(raw) // 2]
+    else:  # the directory intact, the first member's data overwritten
+        raw[40:240] = bytes(200)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError) as caught:
+        data = CarvanaData(root)
+        ZIPS[name](data)
+        if name == "train.zip":
+            data.read_image(data.train_ids()[0])
+        elif name == "test.zip":
+            data.read_test_image(data.test_names()[0])
+    message = str(caught.value)
+    assert str(path) in message and "\n" not in message
+    assert re.search("not a readable zip|cannot read|not a readable|corrupt|CSV", message), message
+
+
+def test_a_zip_of_several_csv_files_is_named(synth_copy):
+    root = synth_copy("zipped")
+    _add_members(root / "metadata.csv.zip", {"notes.csv": b"a,b\n1,2\n"})
+    with pytest.raises(DataError, match=r"metadata.csv.zip: holds 2 files \(metadata.csv, notes"):
+        CarvanaData(root).metadata()
+
+
+def test_macos_resource_file_beside_a_csv_is_ignored(synth_copy):
+    root = synth_copy("zipped")
+    expected = CarvanaData(root).sample_submission()
+    _add_members(root / "sample_submission.csv.zip", {"__MACOSX/._sample_submission.csv": b"x"})
+    pd.testing.assert_frame_equal(CarvanaData(root).sample_submission(), expected)
+
+
+@pytest.mark.parametrize("name", ["sample_submission.csv", "train_masks.csv", "metadata.csv"])
+def test_empty_csv_is_named(synth_copy, name):
+    root = synth_copy("folders")
+    (root / name).write_bytes(b"")
+    data = CarvanaData(root)
+    read = {
+        "sample_submission.csv": data.sample_submission,
+        "train_masks.csv": data.train_masks_table,
+        "metadata.csv": data.metadata,
+    }[name]
+    with pytest.raises(DataError, match=re.escape(f"{root / name}: empty file")):
+        read()
+
+
+def test_truncated_jpeg_header_is_named(synth_copy):
+    root = synth_copy("folders")
+    data = CarvanaData(root)
+    first = root / "train" / f"{data.train_ids()[0]}.jpg"
+    first.write_bytes(first.read_bytes()[:20])
+    with pytest.raises(DataError, match=re.escape(f"{first}: not a readable JPEG header")):
+        data.image_size()
+    with pytest.raises(DataError, match=re.escape(f"{first}: not a readable JPEG")):
+        data.read_pair(data.train_ids()[0])

@@ -14,7 +14,6 @@ from carvana.files import CarvanaData
 from carvana.submission import (
     SubmissionWriter,
     TruncatedError,
-    check_rle,
     expected_ids,
     iter_lines,
     merge,
@@ -123,7 +122,10 @@ def test_validate_accepts_a_good_file_gzip_or_plain(tmp_path):
         (lambda ls: ls[:6] + ["car_06.jpg,1 5 4 2"] + ls[7:], ["line 7 (car_06.jpg)", "overlaps"]),
         (lambda ls: ls[:5] + ["car_05.jpg,18 4"] + ls[6:], ["line 6 (car_05.jpg)", "beyond"]),
         (lambda ls: ls[:1] + ["car_01.jpg,0 3"] + ls[2:], ["line 2 (car_01.jpg)", "not positive"]),
-        (lambda ls: ls[:1] + ["car_01.jpg,1 x"] + ls[2:], ["line 2 (car_01.jpg)", "non-integer"]),
+        (
+            lambda ls: ls[:1] + ["car_01.jpg,1 x"] + ls[2:],
+            ["line 2 (car_01.jpg)", "value 2 'x' is not a plain number"],
+        ),
         (lambda ls: ls[:2] + ["car_02.jpg"] + ls[3:], ["line 3: expected 2 fields", "missing id"]),
     ],
     ids=[
@@ -187,31 +189,51 @@ def test_report_problems_prints_first_fifty_and_the_count(capsys):
     assert capsys.readouterr().out == "s.csv: OK\n"
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(st.integers(-3, 25), min_size=0, max_size=10),
-    st.sampled_from([" ", "  ", "\t"]),
-)
-def test_check_rle_fast_path_agrees_with_rle_validate(values, sep):
-    text = sep.join(map(str, values))
-    try:
-        rle.validate(text, SHAPE)
-        reference = None
-    except rle.RLEError as err:
-        reference = str(err)
-    try:
-        check_rle(text, SHAPE)
-        fast = None
-    except rle.RLEError as err:
-        fast = str(err)
-    assert fast == reference
+BAD_RLE_ROWS = [
+    # (rle_mask, what the problem line says); a 4x5 image has 20 pixels
+    ("4611686018427387905 4611686018427387905", "pair 1: start 4611686018427387905 (19 digits)"),
+    ("9 4611686018427387905", "pair 1: length 4611686018427387905 (19 digits)"),
+    ("99999999999999999999  1", "is beyond any mask"),  # OverflowError before
+    ("1\t2", "value 1 '1\\t2' is not a plain number"),
+    ("+1 2", "value 1 '+1' is not a plain number"),
+    ("1_0 2", "value 1 '1_0' is not a plain number"),
+    ("\u0661 2", "value 1 '\u0661' is not a plain number"),
+    ("1 2 ", "trailing space"),
+    ("21 1", "pair 1: start 21 is beyond the 4x5 mask (20 pixels)"),
+    ("19 3", "last run ends at pixel 21, beyond the 4x5 mask"),
+]
 
 
-def test_check_rle_accepts_a_real_size_mask_encoding():
+@pytest.mark.parametrize("code,message", BAD_RLE_ROWS, ids=[c[:20] for c, _ in BAD_RLE_ROWS])
+def test_validate_names_the_row_of_every_bad_rle(tmp_path, code, message):
+    lines = good_lines()
+    lines[3] = f"{NAMES[2]},{code}"
+    path = tmp_path / "s.csv"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    problems = validate(path, expected_names=NAMES, shape=SHAPE)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"line 4 ({NAMES[2]}): bad RLE for a 5x4 image: ")
+    assert message in problems[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**64), max_size=6), st.sampled_from([" ", "  ", "\t"]))
+def test_validate_never_raises_on_any_numbers(tmp_path_factory, values, sep):
+    path = tmp_path_factory.mktemp("v") / "s.csv"
+    path.write_text(f"img,rle_mask\n{NAMES[0]},{sep.join(map(str, values))}\n")
+    problems = validate(path, expected_names=NAMES[:1], shape=SHAPE)
+    assert all(p.startswith(f"line 2 ({NAMES[0]}): bad RLE") for p in problems)
+
+
+def test_validate_accepts_a_real_size_mask_encoding(tmp_path):
     mask = np.zeros(rle.ORIGINAL_SHAPE, np.uint8)
     mask[100:900, 300:1500] = 1
     mask[-1, -5:] = 1  # a run ending on the last pixel
-    check_rle(rle.encode(mask), rle.ORIGINAL_SHAPE)
+    path = tmp_path / "s.csv.gz"
+    with SubmissionWriter(path) as writer:
+        writer.write("a_01.jpg", rle.encode(mask))
+        writer.write("a_02.jpg", "")  # the empty mask
+    assert validate(path, expected_names=["a_01.jpg", "a_02.jpg"]) == []
 
 
 # -- merge --------------------------------------------------------------------------------------
@@ -285,6 +307,29 @@ def test_cli_validate_and_merge_exit_codes(synth_dirs, tmp_path, capsys):
     assert cli.main(["merge", str(good), str(bad), "--out", str(out)]) == 2
     assert "shards must be disjoint" in capsys.readouterr().err
     assert cli.main(["merge", str(good), "--out", str(out), "--data", str(data_dir)]) == 0
+
+
+VALIDATE_CASES = {
+    "empty sample_submission.csv": ("folders", "sample_submission.csv", b"", "sample_submission.csv: empty file (no header line)"),
+    "truncated sample_submission.csv.zip": ("zipped", "sample_submission.csv.zip", 60, "sample_submission.csv.zip: not a readable zip archive (truncated or corrupt)"),
+    "truncated test.zip": ("zipped", "test.zip", 3000, "test.zip: not a readable zip archive (truncated or corrupt)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(VALIDATE_CASES))
+def test_cli_validate_bad_data_is_one_line(synth_copy, tmp_path, capsys, monkeypatch, case):
+    monkeypatch.delenv("CARVANA_DEBUG", raising=False)
+    layout, name, damage, message = VALIDATE_CASES[case]
+    root = synth_copy(layout)
+    sub = write_csv(tmp_path / "s.csv.gz", good_lines())
+    path = root / name
+    path.write_bytes(damage if isinstance(damage, bytes) else path.read_bytes()[:damage])
+    if name == "test.zip":  # validate reads the ids from the test set, not the sample file
+        (root / "sample_submission.csv.zip").unlink()
+    assert cli.main(["validate", str(sub), "--data", str(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"carvana: error: {path}: "), err
+    assert message in err[0]
 
 
 def test_submission_module_does_not_import_tensorflow():

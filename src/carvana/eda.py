@@ -10,26 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from carvana.files import ANGLES, CarvanaData, car_id
+from carvana import rle
+from carvana.files import ANGLES, CarvanaData, angle, car_id, image_id
+from carvana.markdown import frame_table
 
 HEAD_ROWS = 5
 RLE_PREVIEW = 40  # characters of an RLE string shown in the table head
 OVERLAY = np.array([255, 0, 140], dtype=np.float32)  # mask colour over the samples
 GRID_WIDTH = 480  # sample thumbnails are downscaled to at most this many pixels wide
-
-
-def _markdown_table(frame) -> str:
-    """A DataFrame as a GitHub markdown table (pandas' to_markdown needs tabulate)."""
-
-    def cell(value) -> str:
-        if value is None or (isinstance(value, float) and np.isnan(value)):
-            return ""
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
-    return "\n".join([header, rule, *rows])
 
 
 def _figure(width: float, height: float):
@@ -62,12 +50,6 @@ def _bar_chart(counts, title: str, xlabel: str, path: Path, horizontal: bool = F
     fig.savefig(path)
 
 
-def _rle_area(code: str) -> int:
-    """Number of mask pixels of an RLE string: the sum of its lengths, without decoding."""
-    values = np.array(code.split(), dtype=np.int64)
-    return int(values[1::2].sum())
-
-
 def mask_coverage(data: CarvanaData, table) -> np.ndarray:
     """Fraction of car pixels per row of the merged table; RLE when present, else the GIFs."""
     from tqdm.auto import tqdm
@@ -82,9 +64,10 @@ def mask_coverage(data: CarvanaData, table) -> np.ndarray:
         tqdm(rows, total=len(codes), desc=f"coverage from {source}", unit="mask")
     ):
         if isinstance(code, str):
-            coverage[i] = _rle_area(code) / (h * w)
+            # The sum of the run lengths, without decoding; validate bounds every value first.
+            coverage[i] = int(rle.validate(code, (h, w))[:, 1].sum()) / (h * w)
         else:
-            mask = data.read_mask(img[: -len(".jpg")])
+            mask = data.read_mask(image_id(img))
             coverage[i] = float(np.count_nonzero(mask)) / mask.size
     return coverage
 
@@ -92,7 +75,7 @@ def mask_coverage(data: CarvanaData, table) -> np.ndarray:
 def _coverage_section(table, coverage, out: Path) -> list[str]:
     import pandas as pd
 
-    frame = pd.DataFrame({"angle": table["img"].str[-6:-4], "coverage": coverage})
+    frame = pd.DataFrame({"angle": table["img"].map(angle), "coverage": coverage})
     angles = sorted(frame["angle"].unique())
     fig = _figure(9, 4)
     ax = fig.add_subplot()
@@ -115,7 +98,7 @@ def _coverage_section(table, coverage, out: Path) -> list[str]:
         "",
         "![coverage per angle](coverage_by_angle.png)",
         "",
-        _markdown_table(stats),
+        frame_table(stats),
         "",
     ]
 
@@ -146,8 +129,8 @@ def _samples_section(data: CarvanaData, ids: list[str], out: Path) -> list[str]:
     rows = -(-len(ids) // cols)
     h, w = data.image_size()
     fig = _figure(3.6 * cols, 3.6 * rows * h / w + 0.4 * rows)
-    for k, image_id in enumerate(ids):
-        image, mask = data.read_pair(image_id)
+    for k, sample in enumerate(ids):
+        image, mask = data.read_pair(sample)
         scale = min(1.0, GRID_WIDTH / image.shape[1])
         if scale < 1.0:
             size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
@@ -162,7 +145,7 @@ def _samples_section(data: CarvanaData, ids: list[str], out: Path) -> list[str]:
         cv2.drawContours(shown, contours, -1, tuple(int(c) for c in OVERLAY), 1)
         ax = fig.add_subplot(rows, cols, k + 1)
         ax.imshow(shown)
-        ax.set_title(f"{image_id}  ({on.mean():.1%} car)", fontsize=9)
+        ax.set_title(f"{sample}  ({on.mean():.1%} car)", fontsize=9)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(out / "samples.png")
@@ -197,11 +180,11 @@ def _metadata_section(data: CarvanaData, table, out: Path) -> list[str]:
         "",
         "![makes](makes.png)",
         "",
-        _markdown_table(make_table),
+        frame_table(make_table),
         "",
         "![years](years.png)",
         "",
-        _markdown_table(year_table),
+        frame_table(year_table),
         "",
     ]
 
@@ -212,9 +195,9 @@ def run_eda(data: CarvanaData, out: Path, samples: int = 8) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     table = data.merged_table()  # warns when metadata.csv is missing; the report says so too
     h, w = data.image_size()
-    ids = [i[: -len(".jpg")] for i in table["img"]]
+    ids = [image_id(i) for i in table["img"]]
     per_car = table.groupby("id").size()
-    angles = sorted(table["img"].str[-6:-4].unique())
+    angles = sorted(table["img"].map(angle).unique())
     tests = len(data.test_names()) if data.test is not None else None
     head = table.head(HEAD_ROWS).copy()
     head["rle_mask"] = head["rle_mask"].map(
@@ -237,7 +220,7 @@ def run_eda(data: CarvanaData, out: Path, samples: int = 8) -> Path:
         "",
         "## Merged table (head)",
         "",
-        _markdown_table(head),
+        frame_table(head),
         "",
     ]
     lines += _metadata_section(data, table, out)

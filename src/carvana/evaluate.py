@@ -19,14 +19,12 @@ import numpy as np
 from carvana import rle
 from carvana.config import PredictConfig, TrainConfig
 from carvana.files import ANGLES, DataError, car_id
+from carvana.files import angle as angle_of
+from carvana.markdown import markdown_table
 
 EVALUATION_FILE = "evaluation.json"
 REPORT_FILE = "report.md"
 TARGET_DICE = 0.98  # compare: epochs until validation Dice (model resolution) reaches this
-
-
-def _angle(image_id: str) -> str:
-    return image_id.rsplit("_", 1)[-1]
 
 
 def save_panel(
@@ -61,12 +59,6 @@ def save_panel(
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def evaluate(data, run_dir: Path, out: Path, worst: int = 6, batch_size: int = 16) -> dict:
@@ -120,7 +112,7 @@ def evaluate(data, run_dir: Path, out: Path, worst: int = 6, batch_size: int = 1
     accuracy = float(np.mean([r["accuracy"] for r in rows]))
     per_angle = {}
     for angle in ANGLES:
-        scores = [r["dice"] for r in rows if _angle(r["id"]) == angle]
+        scores = [r["dice"] for r in rows if angle_of(r["id"]) == angle]
         if scores:
             per_angle[angle] = {"dice": float(np.mean(scores)), "images": len(scores)}
 
@@ -173,7 +165,7 @@ def _report(result: dict, rows: list[dict]) -> str:
         "",
         "## Dice per angle",
         "",
-        _table(
+        markdown_table(
             ["angle", "mean Dice", "images"],
             [[a, f"{v['dice']:.5f}", v["images"]] for a, v in result["per_angle"].items()],
         ),
@@ -236,7 +228,7 @@ def compare(run_dirs: list[Path], out: Path | None = None, target: float = TARGE
         "s/epoch",
         "parameters",
     ]
-    table = _table(header, rows)
+    table = markdown_table(header, rows)
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import os
 import threading
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +23,8 @@ from carvana import rle
 COMPETITION = "carvana-image-masking-challenge"
 ANGLES = tuple(f"{i:02d}" for i in range(1, 17))
 TABLE_COLUMNS = ["id", "img", "mask_file", "rle_mask", "year", "make", "model", "trim1", "trim2"]
+# What a damaged zip raises: a cut central directory, a bad CRC, a cut or garbled deflate stream.
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError)
 
 
 class DataError(ValueError):
@@ -84,13 +87,32 @@ def image_id(file_name: str) -> str:
     return name[: -len("_mask.gif")] if name.endswith("_mask.gif") else name.rsplit(".", 1)[0]
 
 
+def _hidden(member: str) -> bool:
+    """A macOS resource fork (`__MACOSX/`, `._x`), `.DS_Store` or other hidden file or folder."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in member.split("/"))
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except ZIP_ERRORS as err:
+        raise DataError(
+            f"{path}: not a readable zip archive (truncated or corrupt): {err}"
+        ) from None
+
+
 class FileStore:
-    """A flat collection of files (one suffix) in a folder or a zip archive, read by base name."""
+    """A flat collection of files (one suffix) in a folder or a zip archive, read by base name.
+
+    A zip's members count when they sit in the folder the zip is named after (`train.zip`:
+    `train/x.jpg`, as Kaggle packs them) or at its root; hidden and macOS resource files never.
+    """
 
     def __init__(self, path: Path, suffix: str):
         self.path = Path(path)
         self.suffix = suffix
         self.is_zip = self.path.suffix == ".zip"
+        self.folder = self.path.stem  # train.zip -> train/, train_hq.zip -> train_hq/
         self._handle: tuple[int, zipfile.ZipFile] | None = None
         self._lock = threading.Lock()
 
@@ -99,17 +121,25 @@ class FileStore:
 
     @cached_property
     def _members(self) -> dict[str, str]:
-        if self.is_zip:
-            with zipfile.ZipFile(self.path) as archive:
-                found = archive.namelist()
+        if not self.is_zip:
             return {
-                Path(m).name: m for m in found if m.endswith(self.suffix) and not m.endswith("/")
+                e.name: e.name
+                for e in os.scandir(self.path)
+                if e.name.endswith(self.suffix) and not _hidden(e.name) and e.is_file()
             }
-        return {
-            e.name: e.name
-            for e in os.scandir(self.path)
-            if e.name.endswith(self.suffix) and e.is_file()
-        }
+        with _open_zip(self.path) as archive:
+            found = archive.namelist()
+        members: dict[str, str] = {}
+        for member in found:
+            folder, _, name = member.rpartition("/")
+            if not name.endswith(self.suffix) or folder not in ("", self.folder) or _hidden(member):
+                continue
+            if name in members:
+                raise DataError(
+                    f"{self.path}: two members for one image: {members[name]} and {member}"
+                )
+            members[name] = member
+        return members
 
     def names(self) -> list[str]:
         """Sorted base names of the files."""
@@ -125,7 +155,7 @@ class FileStore:
         # file offset with the parent, hence the pid.
         with self._lock:
             if self._handle is None or self._handle[0] != os.getpid():
-                self._handle = (os.getpid(), zipfile.ZipFile(self.path))
+                self._handle = (os.getpid(), _open_zip(self.path))
             return self._handle[1]
 
     def where(self, name: str) -> str:
@@ -142,7 +172,7 @@ class FileStore:
         if self.is_zip:
             try:
                 return self._archive().read(member)
-            except (zipfile.BadZipFile, OSError) as err:
+            except ZIP_ERRORS as err:
                 raise DataError(f"{self.where(name)}: cannot read from zip: {err}") from None
         return (self.path / member).read_bytes()
 
@@ -173,12 +203,46 @@ def decode_mask(data: bytes, where: str = "mask") -> np.ndarray:
     return mask
 
 
-def jpeg_size(data: bytes) -> tuple[int, int]:
-    """(height, width) from a JPEG's header without decoding the pixels."""
-    from PIL import Image
+def jpeg_size(data: bytes, where: str = "image") -> tuple[int, int]:
+    """(height, width) from a JPEG's header without decoding the pixels; DataError naming
+    `where` when the header cannot be read."""
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(io.BytesIO(data)) as image:
-        return image.size[1], image.size[0]
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size[1], image.size[0]
+    except UnidentifiedImageError:  # its message names only an in-memory buffer
+        raise DataError(f"{where}: not a readable JPEG header (corrupt or truncated)") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(
+            f"{where}: not a readable JPEG header (corrupt or truncated): {err}"
+        ) from None
+
+
+def read_csv(path: Path, **kwargs):
+    """A CSV file, plain or as the one file of a zip, as a DataFrame; DataError naming the file
+    when it is empty, not CSV, or a damaged zip (a zip's macOS resource files are ignored)."""
+    import pandas as pd
+
+    try:
+        if path.suffix != ".zip":
+            return pd.read_csv(path, **kwargs)
+        with _open_zip(path) as archive:
+            names = [n for n in archive.namelist() if not n.endswith("/") and not _hidden(n)]
+            if len(names) != 1:
+                listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+                raise DataError(f"{path}: holds {len(names)} files ({listed}); expected one CSV")
+            with archive.open(names[0]) as member:
+                return pd.read_csv(member, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty file (no header line)") from None
+    except ZIP_ERRORS as err:
+        raise DataError(
+            f"{path}: not a readable zip archive (truncated or corrupt): {err}"
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        message = " ".join(str(err).split())  # pandas' messages may span lines
+        raise DataError(f"{path}: not a readable CSV file: {message}") from None
 
 
 class CarvanaData:
@@ -244,8 +308,10 @@ class CarvanaData:
     def image_size(self) -> tuple[int, int]:
         """(height, width) of the images, read from the first train (else test) JPEG header."""
         store = self.train or self._need(self.test, "test")
+        if not store.names():
+            raise DataError(f"{store.path}: no {store.suffix} files")
         first = store.names()[0]
-        return jpeg_size(store.read(first))
+        return jpeg_size(store.read(first), store.where(first))
 
     # -- single files -----------------------------------------------------------------------
     def read_train_bytes(self, image_id: str) -> bytes:
@@ -293,12 +359,11 @@ class CarvanaData:
     # -- tables -----------------------------------------------------------------------------
     def train_masks_table(self, validate: bool = True):
         """train_masks.csv as a DataFrame (img, rle_mask); every RLE checked, bad rows named."""
-        import pandas as pd
 
         path = self.train_masks_csv_path
         if path is None:
             raise DataError(f"{self.root}: no train_masks.csv or train_masks.csv.zip")
-        table = pd.read_csv(path, dtype={"img": str, "rle_mask": str}, keep_default_na=False)
+        table = read_csv(path, dtype={"img": str, "rle_mask": str}, keep_default_na=False)
         if list(table.columns[:2]) != ["img", "rle_mask"]:
             raise DataError(f"{path}: header must be img,rle_mask, got {','.join(table.columns)}")
         if validate and len(table):
@@ -315,7 +380,6 @@ class CarvanaData:
 
     def metadata(self):
         """metadata.csv as a DataFrame, or None with a warning when it is missing."""
-        import pandas as pd
 
         if self.metadata_path is None:
             warnings.warn(
@@ -323,15 +387,14 @@ class CarvanaData:
                 stacklevel=2,
             )
             return None
-        return pd.read_csv(self.metadata_path, dtype={"id": str})
+        return read_csv(self.metadata_path, dtype={"id": str})
 
     def sample_submission(self):
         """sample_submission.csv as a DataFrame (img, rle_mask)."""
-        import pandas as pd
 
         if self.sample_submission_path is None:
             raise DataError(f"{self.root}: no sample_submission.csv or sample_submission.csv.zip")
-        return pd.read_csv(self.sample_submission_path, dtype={"img": str}, keep_default_na=False)
+        return read_csv(self.sample_submission_path, dtype={"img": str}, keep_default_na=False)
 
     def merged_table(self):
         """One row per training image: id, img, mask_file, rle_mask, year, make, model, trims."""

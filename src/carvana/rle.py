@@ -16,7 +16,6 @@ class RLEError(ValueError):
     """An RLE string that is not a valid Carvana mask for the given shape."""
 
 
-_CANONICAL = re.compile(r"[0-9]+(?: [0-9]+)*", re.ASCII)
 ONES = np.uint64(0x0101010101010101)  # eight mask bytes that are all 1
 
 
@@ -82,24 +81,68 @@ def encode(mask: np.ndarray) -> str:
     return ("%d " * len(values) % tuple(values))[:-1]  # faster than " ".join(map(str, ...))
 
 
+MAX_DIGITS = 18  # 10**18 - 1 fits int64 with room: no sum of two checked values can wrap
+# Digits and single spaces with no number over MAX_DIGITS digits, as every encoder writes: numpy
+# parses it ~8x faster than int() per token (100,064 rows to validate) and cannot overflow.
+_FAST = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}(?: [0-9]{{1,{MAX_DIGITS}}})*", re.ASCII)
+_PLAIN = re.compile(r"[0-9]+", re.ASCII)
+GRAMMAR = "RLE is ASCII digits 0-9 separated by single spaces"
+
+
+def _parse_fast(text: str) -> np.ndarray | None:
+    """Values of a string the numpy parser reads exactly, else None (the general path decides)."""
+    if not _FAST.fullmatch(text):
+        return None
+    return np.fromstring(text, dtype=np.int64, sep=" ")
+
+
+def _parse_general(text: str) -> np.ndarray:
+    """Values of any string by the strict grammar, or RLEError naming the first offence."""
+    if not text:
+        return np.zeros(0, dtype=np.int64)
+    if not text.strip(" "):
+        raise RLEError("only spaces: the empty mask is the empty string")
+    if text[0] == " ":
+        raise RLEError(f"leading space: {GRAMMAR}")
+    if text[-1] == " ":
+        raise RLEError(f"trailing space: {GRAMMAR}")
+    values = []
+    position = 1  # 1-based character position of the current token
+    for k, token in enumerate(text.split(" "), 1):
+        if not token:
+            raise RLEError(f"two spaces in a row at character {position - 1}: {GRAMMAR}")
+        if not _PLAIN.fullmatch(token):
+            shown = token if len(token) <= 24 else token[:24] + "..."
+            raise RLEError(f"value {k} {shown!r} is not a plain number: {GRAMMAR}")
+        digits = token.lstrip("0") or "0"
+        if len(digits) > MAX_DIGITS:  # before int(): no overflow, no int() digit limit
+            what = "start" if k % 2 else "length"
+            shown = digits if len(digits) <= 24 else digits[:24] + "..."
+            raise RLEError(
+                f"pair {(k + 1) // 2}: {what} {shown} ({len(digits)} digits) is beyond any mask"
+            )
+        values.append(int(digits))
+        position += len(token) + 1
+    return np.array(values, dtype=np.int64)
+
+
 def parse(rle) -> np.ndarray:
-    """Parse an RLE string into an (n, 2) int64 array of (start, length); empty/NaN gives none."""
+    """Parse an RLE string into an (n, 2) int64 array of (start, length); "" or NaN gives none."""
     if rle is None or (isinstance(rle, float) and np.isnan(rle)):
         return np.zeros((0, 2), dtype=np.int64)
     if not isinstance(rle, str):
         raise RLEError(f"RLE must be a string, got {type(rle).__name__}")
-    if _CANONICAL.fullmatch(rle):
-        # Digits and single spaces, as every encoder writes: numpy parses it ~8x faster than
-        # int() per token, which matters when validating 100,064 submission rows.
-        values = np.fromstring(rle, dtype=np.int64, sep=" ")
-    else:
-        try:
-            values = np.array([int(t) for t in rle.split()], dtype=np.int64)
-        except ValueError as err:
-            raise RLEError(f"non-integer value in RLE: {err}") from None
+    values = _parse_fast(rle)
+    if values is None:
+        values = _parse_general(rle)
     if values.size % 2:
         raise RLEError(f"odd number of values ({values.size}): RLE needs `start length` pairs")
     return values.reshape(-1, 2)
+
+
+def _first(bad: np.ndarray) -> int | None:
+    found = np.flatnonzero(bad)
+    return int(found[0]) if found.size else None
 
 
 def validate(rle, shape: tuple[int, int] = ORIGINAL_SHAPE) -> np.ndarray:
@@ -109,24 +152,30 @@ def validate(rle, shape: tuple[int, int] = ORIGINAL_SHAPE) -> np.ndarray:
         return pairs
     starts, lengths = pairs[:, 0], pairs[:, 1]
     size = int(shape[0]) * int(shape[1])
-    bad = np.flatnonzero(starts < 1)
-    if bad.size:
-        raise RLEError(f"pair {bad[0] + 1}: start {starts[bad[0]]} is not positive (1-indexed)")
-    bad = np.flatnonzero(lengths < 1)
-    if bad.size:
-        raise RLEError(f"pair {bad[0] + 1}: length {lengths[bad[0]]} is not positive")
+    mask = f"{shape[0]}x{shape[1]} mask ({size} pixels)"
+    # Every value is within the mask before any sum, so nothing below can wrap around. The
+    # min/max test is one pass; the offending pair is looked for only when there is one.
+    if min(starts.min(), lengths.min()) < 1 or max(starts.max(), lengths.max()) > size:
+        for bad, what in (
+            (starts < 1, "start {} is not positive (1-indexed)"),
+            (lengths < 1, "length {} is not positive"),
+            (starts > size, "start {} is beyond the " + mask),
+            (lengths > size, "length {} is longer than the " + mask),
+        ):
+            i = _first(bad)
+            if i is not None:
+                value = starts[i] if what.startswith("start") else lengths[i]
+                raise RLEError(f"pair {i + 1}: " + what.format(value))
     ends = starts + lengths - 1
-    bad = np.flatnonzero(starts[1:] <= starts[:-1])
-    if bad.size:
-        i = bad[0] + 1
+    i = _first(starts[1:] <= starts[:-1])
+    if i is not None:
         raise RLEError(
-            f"pair {i + 1}: start {starts[i]} is not after previous start {starts[i - 1]}"
+            f"pair {i + 2}: start {starts[i + 1]} is not after previous start {starts[i]}"
         )
-    bad = np.flatnonzero(starts[1:] <= ends[:-1])
-    if bad.size:
-        i = bad[0] + 1
+    i = _first(starts[1:] <= ends[:-1])
+    if i is not None:
         raise RLEError(
-            f"pair {i + 1}: run starting at {starts[i]} overlaps the run ending at {ends[i - 1]}"
+            f"pair {i + 2}: run starting at {starts[i + 1]} overlaps the run ending at {ends[i]}"
         )
     if ends[-1] > size:
         raise RLEError(f"last run ends at pixel {ends[-1]}, beyond the {shape[0]}x{shape[1]} mask")

@@ -211,11 +211,6 @@ def image_shape(data) -> tuple[int, int]:
     return rle.ORIGINAL_SHAPE
 
 
-def check_rle(text: str, shape: tuple[int, int]) -> None:
-    """Raise RLEError when `text` is not a valid RLE for `shape` (rle.validate)."""
-    rle.validate(text, shape)
-
-
 def validate(
     path: str | Path,
     data=None,
@@ -256,7 +251,7 @@ def validate(
             if expected is not None and name not in expected:
                 problems.append(f"{where}: unknown id, not in the test set")
             try:
-                check_rle(text, shape)
+                rle.validate(text, shape)
             except rle.RLEError as err:
                 problems.append(f"{where}: bad RLE for a {shape[1]}x{shape[0]} image: {err}")
     except FileFormatError as err:
