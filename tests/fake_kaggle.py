@@ -4,7 +4,9 @@ The client is pointed at it with KAGGLE_API_ENVIRONMENT=LOCALHOST (endpoint http
 and HTTP_PROXY=<this server>, so it receives absolute-form requests: every API call is a POST of
 camelCase JSON to /api/v1/<service>/<Method> (field names as in kagglesdk's *_api_service.py),
 plus the PUT of an upload to the createUrl it handed out and the GETs of output file URLs.
-It records what it got; `fail` makes a method answer with an HTTP error.
+It records what it got; `fail` makes a method answer with an HTTP error. Datasets (create,
+new version, status) keep the bytes of every uploaded file; competition data files are
+served through the redirect Kaggle answers DownloadDataFile with.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from urllib.parse import urlsplit
 
 KERNELS = "kernels.KernelsApiService"
 COMPETITIONS = "competitions.CompetitionApiService"
+DATASETS = "datasets.DatasetApiService"
+BLOBS = "blobs.BlobApiService"
+SERVICES = tuple(f"/api/v1/{s}/" for s in (KERNELS, COMPETITIONS, DATASETS, BLOBS))
 
 
 @dataclass
@@ -45,6 +50,10 @@ class FakeKaggle:
     outputs: dict[str, bytes] = field(default_factory=dict)  # kernel output files
     log: str = "kernel log line\n"
     status: str = "COMPLETE"
+    statuses: list[str] = field(default_factory=list)  # answered in turn before `status`
+    datasets: dict[str, dict] = field(default_factory=dict)  # "owner/slug" -> state
+    blobs: dict[str, dict] = field(default_factory=dict)  # token -> start request
+    files: dict[str, bytes] = field(default_factory=dict)  # competition data files
     failure_message: str | None = None
     fail: dict[str, tuple[int, str | None]] = field(default_factory=dict)  # Method -> (code, msg)
     url: str = ""
@@ -67,8 +76,8 @@ class FakeKaggle:
         }
 
     def GetKernelSessionStatus(self, request: dict) -> dict:
-        reply = {"status": self.status}
-        if self.failure_message:
+        reply = {"status": self.statuses.pop(0) if self.statuses else self.status}
+        if self.failure_message and reply["status"] == "ERROR":
             reply["failureMessage"] = self.failure_message
         return reply
 
@@ -100,7 +109,49 @@ class FakeKaggle:
         return {"message": "Successfully submitted to Carvana Image Masking Challenge", "ref": 1}
 
     def ListSubmissions(self, request: dict) -> dict:
-        return {"submissions": list(reversed(self.submissions))}
+        size = request.get("pageSize") or 20
+        page = request.get("page") or 1
+        newest = list(reversed(self.submissions))
+        return {"submissions": newest[(page - 1) * size : page * size]}
+
+    # -- datasets and blobs (kagglesdk datasets/, blobs/ *_api_service.py) --------------------
+    def GetDatasetStatus(self, request: dict) -> dict:
+        ref = f"{request['ownerSlug']}/{request['datasetSlug']}"
+        if ref not in self.datasets:
+            raise LookupError(f"dataset {ref} not found")
+        return {"status": "READY"}
+
+    def StartBlobUpload(self, request: dict) -> dict:
+        token = f"blob-{len(self.blobs) + 1}"
+        self.blobs[token] = request
+        self.uploads[token] = b""
+        return {"token": token, "createUrl": f"http://localhost/upload/{token}"}
+
+    def _files(self, files: list[dict]) -> dict[str, bytes]:
+        found = {}
+        for item in files:
+            token = item["token"]
+            if token not in self.blobs:
+                raise KeyError(f"unknown blob token {token!r}")
+            found[self.blobs[token]["name"]] = self.uploads[token]
+        return found
+
+    def CreateDataset(self, request: dict) -> dict:
+        ref = f"{request['ownerSlug']}/{request['slug']}"
+        self.datasets[ref] = {
+            "title": request["title"],
+            "isPrivate": request.get("isPrivate", False),
+            "licenseName": request.get("licenseName"),
+            "versions": [self._files(request.get("files", []))],
+        }
+        return {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"}
+
+    def CreateDatasetVersion(self, request: dict) -> dict:
+        ref = f"{request['ownerSlug']}/{request['datasetSlug']}"
+        if ref not in self.datasets:
+            raise KeyError(f"no dataset {ref}")
+        self.datasets[ref]["versions"].append(self._files(request["body"].get("files", [])))
+        return {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok"}
 
 
 def _handler(fake: FakeKaggle):
@@ -150,15 +201,25 @@ def _handler(fake: FakeKaggle):
                 return self._json(code, {"code": code, "message": message})
             if call.user != fake.username:
                 return self._json(401, {"code": 401, "message": "Unauthenticated"})
-            if not path.startswith(("/api/v1/" + KERNELS, "/api/v1/" + COMPETITIONS)):
+            if not path.startswith(SERVICES):
                 return self._json(404, {"code": 404, "message": f"no service {path}"})
             handler = getattr(fake, method, None)
-            if handler is None:
+            if handler is None and method != "DownloadDataFile":
                 return self._json(404, {"code": 404, "message": f"no method {method}"})
+            if method == "DownloadDataFile":  # answered by a redirect to the file, as Kaggle does
+                name = call.json["fileName"]
+                if name not in fake.files:
+                    return self._json(404, {"code": 404, "message": f"no file {name}"})
+                self.send_response(302)
+                self.send_header("Location", f"http://localhost/files/{name}")
+                self.send_header("Content-Length", "0")
+                return self.end_headers()
             try:
                 return self._json(200, handler(call.json))
             except KeyError as err:
                 return self._json(400, {"code": 400, "message": f"bad request: {err}"})
+            except LookupError as err:
+                return self._json(404, {"code": 404, "message": str(err)})
 
         def do_PUT(self):
             path = urlsplit(self.path).path
@@ -173,6 +234,8 @@ def _handler(fake: FakeKaggle):
         def do_GET(self):
             path = urlsplit(self.path).path
             fake.calls.append(Call("GET", path))
+            if path.startswith("/files/") and path.removeprefix("/files/") in fake.files:
+                return self._reply(200, fake.files[path.removeprefix("/files/")], "application/zip")
             name = path.removeprefix("/output/")
             if not path.startswith("/output/") or name not in fake.outputs:
                 return self._reply(404, b"no such file", "text/plain")

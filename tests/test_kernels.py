@@ -1,5 +1,6 @@
-"""Kernel scripts: deterministic self-contained builds, metadata, size limit, and (slow) the
-built train and predict scripts run with plain `python -I` on a fake /kaggle made by synth."""
+"""Kernel scripts: deterministic self-contained builds, metadata, accelerators, the import scan,
+attached weights, and (slow) the built train and predict scripts run with plain `python -I` on a
+fake /kaggle made by synth."""
 
 import ast
 import base64
@@ -12,15 +13,18 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import warnings
 from pathlib import Path
 
 import pytest
 
-from carvana import kernels
-from carvana.config import PredictConfig, TrainConfig
+from carvana import kaggle_api, kernel_imports, kernel_runtime
+from carvana import kernel_build as kernels
+from carvana.config import TrainConfig
 from carvana.files import COMPETITION
 
 SRC = Path(kernels.__file__).parent
+WEIGHTS_REF = "alice/carvana-mobilenetv2-imagenet"
 
 
 def embedded_files(script_text: str) -> dict[str, bytes]:
@@ -61,7 +65,7 @@ def test_script_embeds_the_package_and_the_entry_code_verbatim(built):
     expected = {
         f"carvana/{p.relative_to(SRC).as_posix()}": p.read_bytes() for p in kernels.package_files()
     }
-    assert "carvana/kernels.py" in expected and not any("__pycache__" in n for n in expected)
+    assert "carvana/kernel_runtime.py" in expected and not any("__pycache__" in n for n in expected)
     for script in built[0]:
         text = script.read_text()
         name = script.stem
@@ -74,11 +78,6 @@ def test_script_embeds_the_package_and_the_entry_code_verbatim(built):
 
 
 def test_metadata(built):
-    internet = {
-        "carvana-train-cnn": False,
-        "carvana-train-mobilenet": True,
-        "carvana-predict": False,
-    }
     for script in built[0]:
         name = script.stem
         meta = json.loads((script.parent / "kernel-metadata.json").read_text())
@@ -86,13 +85,46 @@ def test_metadata(built):
         assert meta["code_file"] == script.name
         assert (meta["language"], meta["kernel_type"]) == ("python", "script")
         assert meta["is_private"] is True and meta["enable_gpu"] is True
-        assert meta["enable_internet"] is internet[name]
+        assert meta["machine_shape"] == "NvidiaTeslaT4"  # 2x T4, for the two-replica path
+        assert meta["enable_internet"] is False  # the weights come from an attached dataset
         assert meta["competition_sources"] == [COMPETITION]
-        assert meta["dataset_sources"] == []
+        weights = [WEIGHTS_REF] if name == "carvana-train-mobilenet" else []
+        assert meta["dataset_sources"] == weights
         sources = ["alice/carvana-train-mobilenet"] if name == "carvana-predict" else []
         assert meta["kernel_sources"] == sources
         # the client warns when the title does not slugify to the id's slug
         assert meta["title"].lower().replace(" ", "-") == name
+
+
+def test_accelerator_override_and_clear_errors(tmp_path):
+    (script,) = kernels.build(
+        ["carvana-predict"], username="alice", out_dir=tmp_path, accelerator="nvidial4"
+    )
+    meta = json.loads((script.parent / kernels.METADATA_FILE).read_text())
+    assert meta["machine_shape"] == "NvidiaL4"
+    with pytest.raises(ValueError) as err:
+        kernels.build(
+            ["carvana-predict"],
+            username="alice",
+            out_dir=tmp_path / "x",
+            accelerator="NvidiaTeslaP100",
+        )
+    text = str(err.value)
+    assert "NvidiaTeslaP100 is retired" in text and "NvidiaTeslaT4 instead" in text
+    assert "choose one of NvidiaTeslaT4, " in text and "\n" not in text
+    with pytest.raises(ValueError, match=r"unknown accelerator 'T4x2'; choose one of Nvidia"):
+        kernels.check_accelerator("T4x2")
+    template = {
+        "id": "{username}/k",
+        "enable_internet": False,
+        "enable_gpu": True,
+        "is_private": True,
+        "competition_sources": [COMPETITION],
+        "machine_shape": "Gpu9",
+    }
+    with pytest.raises(ValueError, match="kernels/k/kernel-metadata.json: machine_shape: unknown"):
+        kernels.render_metadata("k", template, "alice")
+    assert not (tmp_path / "x").exists()
 
 
 def test_default_build_folder_is_git_ignored():
@@ -115,20 +147,43 @@ def test_unknown_kernel_names_the_choices(tmp_path):
         kernels.build(["carvana-train-resnet"], out_dir=tmp_path)
 
 
-def test_username_from_env_file_or_placeholder(tmp_path, monkeypatch):
+def test_username_from_env_file_or_placeholder(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path))
-    with pytest.warns(UserWarning, match="--username"):
-        assert kernels.resolve_username() == kernels.PLACEHOLDER_USER
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a plain line, not a Python UserWarning
+        assert kaggle_api.resolve_username() == kaggle_api.PLACEHOLDER_USER
+    err = capsys.readouterr().err
+    assert err.startswith("carvana: warning: no Kaggle user name found") and "--username" in err
+    assert err.count("\n") == 1 and ".py" not in err
     with pytest.raises(ValueError, match="no Kaggle user name"):
-        kernels.resolve_username(placeholder=False)
+        kaggle_api.resolve_username(placeholder=False)
     (tmp_path / "kaggle.json").write_text('{"username": "carol", "key": "secret"}')
-    assert kernels.resolve_username() == "carol"
+    assert kaggle_api.resolve_username() == "carol"
     monkeypatch.setenv("KAGGLE_USERNAME", "bob")
-    assert kernels.resolve_username() == "bob"
-    assert kernels.resolve_username("dave") == "dave"
+    assert kaggle_api.resolve_username() == "bob"
+    assert kaggle_api.resolve_username("dave") == "dave"
     with pytest.raises(ValueError, match="not a Kaggle user name"):
-        kernels.resolve_username("eve/x")
+        kaggle_api.resolve_username("eve/x")
+
+
+def test_build_without_user_name_prints_one_plain_warning(tmp_path, monkeypatch):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    env.update(KAGGLE_CONFIG_DIR=str(tmp_path), PYTHONWARNINGS="default")
+    args = ["kernels", "build", "carvana-predict"]
+    code = f"from carvana.cli import main; raise SystemExit(main({args!r}))"
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = [x for x in run.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("carvana: warning: no Kaggle user name")
+    assert "UserWarning" not in run.stderr and "kernel" not in lines[0].split(":")[0]
 
 
 def test_required_packages_follow_imports(tmp_path):
@@ -138,17 +193,57 @@ def test_required_packages_follow_imports(tmp_path):
     (src / "a.py").write_text(
         "import json\nimport numpy as np\nfrom carvana import b\n"
         "try:\n    import optional_thing\nexcept ImportError:\n    optional_thing = None\n"
+        "try:\n    import needed_thing\nexcept ImportError as err:\n"
+        "    raise ImportError('install needed_thing') from err\n"
     )
     (src / "b.py").write_text("def f():\n    import cv2\n    from PIL import Image\n")
     (src / "c.py").write_text("import tensorflow\n")  # not reached from the entry code
-    entry = "import os\nfrom carvana.a import np\n"
+    entry = "import os\nfrom carvana.a import np\nfrom carvana import b\nb.f()\n"
     assert kernels.required_packages(entry, src) == {
         "PIL": "Pillow",
         "cv2": "opencv-python-headless",
+        "needed_thing": "needed_thing",
         "numpy": "numpy",
     }
     with pytest.raises(ValueError, match="carvana.missing is imported but there is no"):
         kernels.required_packages("from carvana.missing import x\n", src)
+
+
+def test_function_level_imports_count_only_when_that_function_is_reached(tmp_path):
+    src = tmp_path / "carvana"
+    src.mkdir()
+    (src / "__init__.py").write_text("")
+    (src / "runtime.py").write_text(
+        "import numpy\n\n\ndef find():\n    return helper()\n\n\ndef helper():\n"
+        "    import pandas\n\n\ndef train():\n    from carvana.stage import fit\n"
+    )
+    (src / "stage.py").write_text("import keras_cv\n\n\ndef fit():\n    import matplotlib\n")
+    find_only = "from carvana.runtime import find\nfind()\n"
+    assert set(kernel_imports.required_packages(find_only, src)) == {"numpy", "pandas"}
+    both = "from carvana.runtime import find, train\n"
+    assert set(kernel_imports.required_packages(both, src)) == {
+        "numpy",
+        "pandas",
+        "keras_cv",
+        "matplotlib",
+    }
+
+
+def test_each_kernel_requires_only_what_its_code_path_imports(built):
+    needed = {}
+    for script in built[0]:
+        tree = ast.parse(script.read_text())
+        (value,) = [
+            n.value
+            for n in tree.body
+            if isinstance(n, ast.Assign) and n.targets[0].id == "_REQUIRED"
+        ]
+        needed[script.stem] = set(ast.literal_eval(value))
+    predict = needed["carvana-predict"]
+    assert {"tensorflow", "keras", "numpy", "cv2"} <= predict
+    assert not predict & {"keras_cv", "matplotlib"}  # training and report code only
+    for name in ("carvana-train-cnn", "carvana-train-mobilenet"):
+        assert {"tensorflow", "keras_cv", "matplotlib"} <= needed[name]
 
 
 def test_script_with_a_missing_package_fails_clearly(tmp_path):
@@ -165,30 +260,61 @@ def test_script_with_a_missing_package_fails_clearly(tmp_path):
     assert "packages missing in this kernel: surely_not_installed_pkg" in run.stderr
 
 
-def test_config_from_env(monkeypatch):
-    for name, value in dict(
-        CARVANA_EPOCHS="1",
-        CARVANA_IMAGE_SIZE="32x48",
-        CARVANA_AUGMENT="off",
-        CARVANA_LEARNING_RATE="0.01",
-        CARVANA_WEIGHTS="none",
-        CARVANA_VAL_CARS="car1,car2",
-        CARVANA_SHARD="1/4",
-        CARVANA_TTA="1",
-    ).items():
-        monkeypatch.setenv(name, value)
-    config = kernels.config_from_env(TrainConfig(weights="imagenet"))
-    assert (config.epochs, config.image_size, config.augment) == (1, (32, 48), False)
-    assert (config.learning_rate, config.weights, config.val_cars) == (
-        0.01,
-        "none",
-        ("car1", "car2"),
+def test_find_weights_skips_the_competition_folder(tmp_path):
+    inputs = tmp_path / "input"
+    (inputs / COMPETITION).mkdir(parents=True)
+    (inputs / COMPETITION / kernel_runtime.WEIGHTS_FILE).write_bytes(b"decoy")
+    assert kernel_runtime.find_weights(inputs) is None
+    attached = inputs / "carvana-mobilenetv2-imagenet" / kernel_runtime.WEIGHTS_FILE
+    attached.parent.mkdir()
+    attached.write_bytes(b"weights")
+    assert kernel_runtime.find_weights(inputs) == attached
+
+
+def test_built_mobilenet_kernel_uses_the_attached_weights(tmp_path):
+    """The built script, run as Kaggle would, points weights=imagenet at the attached file."""
+    (script,) = kernels.build(["carvana-train-mobilenet"], username="alice", out_dir=tmp_path / "b")
+    root = tmp_path / "kaggle"
+    attached = root / "input" / "carvana-mobilenetv2-imagenet" / kernel_runtime.WEIGHTS_FILE
+    attached.parent.mkdir(parents=True)
+    attached.write_bytes(b"not read before the data is found")
+    (root / "input" / COMPETITION).mkdir()  # empty: the kernel stops right after the weights
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "CARVANA_"))}
+    env.update(CARVANA_KAGGLE_ROOT=str(root), TMPDIR=str(tmp_path), CUDA_VISIBLE_DEVICES="")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copy(script, folder)
+    run = subprocess.run(
+        [sys.executable, "-I", script.name],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    predict = kernels.config_from_env(PredictConfig())
-    assert (predict.shard, predict.tta, predict.batch_size) == ((1, 4), True, 32)
-    monkeypatch.setenv("CARVANA_EPOCHS", "many")
-    with pytest.raises(ValueError, match="CARVANA_EPOCHS='many'"):
-        kernels.config_from_env(TrainConfig())
+    assert f"ImageNet weights: {attached}" in run.stdout, run.stdout + run.stderr
+    assert "no Carvana data found" in run.stderr  # it got as far as reading the data
+    attached.unlink()
+    run = subprocess.run(
+        [sys.executable, "-I", script.name],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Keras downloads them, which needs the kernel's internet on" in run.stdout
+
+
+def test_attached_weights_only_replace_imagenet(tmp_path, monkeypatch):
+    attached = tmp_path / "input" / "w" / kernel_runtime.WEIGHTS_FILE
+    attached.parent.mkdir(parents=True)
+    attached.write_bytes(b"w")
+    monkeypatch.setenv("CARVANA_KAGGLE_ROOT", str(tmp_path))
+    config = TrainConfig(model="mobilenet", weights="imagenet")
+    assert kernel_runtime.attached_weights(config).weights == str(attached)
+    for other in (config.replace(weights="none"), TrainConfig(model="cnn", weights="none")):
+        assert kernel_runtime.attached_weights(other) == other
 
 
 def test_find_run(tmp_path):
@@ -197,7 +323,7 @@ def test_find_run(tmp_path):
     (inputs / COMPETITION / "decoy" / "config.json").write_text("{}")
     (inputs / COMPETITION / "decoy" / "model.keras").write_text("")
     with pytest.raises(FileNotFoundError, match="found none"):
-        kernels.find_run(inputs)
+        kernel_runtime.find_run(inputs)
     runs = []
     for kernel in ("carvana-train-cnn", "carvana-train-mobilenet"):
         run = inputs / kernel / "run"
@@ -206,10 +332,10 @@ def test_find_run(tmp_path):
         (run / "model.keras").write_text("")
         runs.append(run)
     with pytest.raises(FileNotFoundError, match="CARVANA_RUN"):
-        kernels.find_run(inputs)
-    assert kernels.find_run(inputs, name="mobilenet") == runs[1]
+        kernel_runtime.find_run(inputs)
+    assert kernel_runtime.find_run(inputs, name="mobilenet") == runs[1]
     shutil.rmtree(runs[0])
-    assert kernels.find_run(inputs) == runs[1]
+    assert kernel_runtime.find_run(inputs) == runs[1]
 
 
 # -- end to end: the built scripts on a fake /kaggle -----------------------------------------

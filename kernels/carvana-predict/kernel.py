@@ -10,9 +10,9 @@ CARVANA_LIMIT=100, ...); CARVANA_RUN picks a run folder when several are attache
 import os
 import sys
 
-from carvana.config import PredictConfig
+from carvana.config import PredictConfig, from_env
 from carvana.files import CarvanaData, competition_dir, working_dir
-from carvana.kernels import config_from_env, find_run
+from carvana.kernel_runtime import find_run
 from carvana.predict import predict
 
 RUN = ""  # part of the run folder's path under /kaggle/input, when several are attached
@@ -22,7 +22,7 @@ CONFIG = PredictConfig(threshold=0.5, tta=True, batch_size=32, workers=4)
 
 def main():
     run_dir = find_run(name=os.environ.get("CARVANA_RUN", RUN))
-    config = config_from_env(CONFIG)
+    config, _ = from_env(CONFIG)
     i, n = config.shard
     out = working_dir() / ("submission.csv.gz" if n == 1 else f"submission-{i}-of-{n}.csv.gz")
     print(f"model: {run_dir}  output: {out}")

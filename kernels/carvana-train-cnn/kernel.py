@@ -7,7 +7,7 @@ which is how the tests run this script tiny. CARVANA_EVALUATE=0 skips the evalua
 """
 
 from carvana.config import TrainConfig
-from carvana.kernels import train_kernel
+from carvana.kernel_runtime import train_kernel
 
 # 320x480 is 1/4 of 1280x1918: the JPEGs decode straight at that scale (jpeg_ratio 4).
 # Nothing is downloaded, so kernel-metadata.json leaves the kernel's internet off.

@@ -7,10 +7,12 @@ which is how the tests run this script tiny. CARVANA_EVALUATE=0 skips the evalua
 """
 
 from carvana.config import TrainConfig
-from carvana.kernels import train_kernel
+from carvana.kernel_runtime import train_kernel
 
 # 320x480 is 1/4 of 1280x1918: the JPEGs decode straight at that scale (jpeg_ratio 4).
-# ImageNet weights are downloaded, so kernel-metadata.json turns the kernel's internet on.
+# ImageNet weights come from the private dataset `carvana weights upload` makes, attached in
+# kernel-metadata.json, so the kernel runs with internet off. Without it Keras downloads them:
+# turn the kernel's internet on (or set CARVANA_WEIGHTS=none to train from scratch).
 CONFIG = TrainConfig(
     model="mobilenet",
     image_size=(320, 480),

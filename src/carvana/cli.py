@@ -132,37 +132,55 @@ def cmd_validate(args) -> int:
 
 
 def cmd_kernels(args) -> int:
-    from carvana import kernels
+    from carvana import kernel_build
 
     if args.action == "build":
-        for path in kernels.build(args.names or None, username=args.username):
+        names = args.names or None
+        built = kernel_build.build(names, username=args.username, accelerator=args.accelerator)
+        for path in built:
             print(f"built {path}")
         return 0
     from carvana import kaggle_api
 
+    name = args.names[0]
     if args.action == "push":
-        print(kaggle_api.push_kernel(args.names[0], username=args.username))
+        print(kaggle_api.push_kernel(name, username=args.username, accelerator=args.accelerator))
+    elif args.action == "status" and args.wait:
+        state = kaggle_api.wait_for_kernel(name, username=args.username, interval=args.interval)
+        return 0 if state == "complete" else 1
     elif args.action == "status":
-        print(kaggle_api.kernel_status(args.names[0], username=args.username))
+        print(kaggle_api.kernel_status(name, username=args.username))
+    elif args.action == "logs":
+        print(kaggle_api.kernel_logs(name, username=args.username), end="")
     elif args.action == "output":
-        for path in kaggle_api.kernel_output(
-            args.names[0], Path(args.path), username=args.username
-        ):
+        folder = Path(args.path) if args.path else Path("kernel-output") / name
+        files = kaggle_api.kernel_output(name, folder, username=args.username, everything=args.all)
+        for path in files:
             print(path)
+        what = "" if args.all else " (run folder without checkpoint/, summaries, submissions)"
+        print(f"downloaded {len(files)} file(s) of {name} into {folder}/{what}")
     return 0
 
 
 def cmd_submit(args) -> int:
-    from carvana import kaggle_api
+    from carvana import kaggle_submit
 
-    print(kaggle_api.submit(Path(args.file), args.message, data=_data(args) if args.data else None))
+    data = _data(args) if args.data else None
+    print(kaggle_submit.submit(Path(args.file), args.message, data=data, force=args.force))
     return 0
 
 
 def cmd_submissions(args) -> int:
+    from carvana import kaggle_submit
+
+    print(kaggle_submit.list_submissions(last=args.last))
+    return 0
+
+
+def cmd_weights(args) -> int:
     from carvana import kaggle_api
 
-    print(kaggle_api.list_submissions())
+    print(kaggle_api.upload_weights(args.file, username=args.username))
     return 0
 
 
@@ -251,21 +269,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("kernels", help="build or drive the Kaggle kernels")
-    p.add_argument("action", choices=("build", "push", "status", "output"))
+    p = sub.add_parser("kernels", help="build, push and follow the Kaggle kernels")
+    p.add_argument("action", choices=("build", "push", "status", "logs", "output"))
     p.add_argument("names", nargs="*", help="kernel names (build: default all)")
     p.add_argument("--username", help="Kaggle user name for kernel ids (default: credentials)")
-    p.add_argument("-p", "--path", default=".", help="output: download folder")
+    p.add_argument(
+        "--accelerator",
+        metavar="NAME",
+        help="build/push: Kaggle machine_shape instead of kernel-metadata.json's "
+        "(default NvidiaTeslaT4, 2x T4)",
+    )
+    p.add_argument("--wait", action="store_true", help="status: poll until complete or error")
+    p.add_argument("--interval", type=float, default=30.0, help="status --wait: seconds per poll")
+    p.add_argument("-p", "--path", help="output: download folder (default kernel-output/NAME)")
+    p.add_argument(
+        "--all", action="store_true", help="output: every file, checkpoint/ and reports included"
+    )
     p.set_defaults(func=cmd_kernels)
 
-    p = sub.add_parser("submit", help="validate and submit a file to the competition")
+    p = sub.add_parser("submit", help="check and submit a file to the competition")
     p.add_argument("file")
     p.add_argument("-m", "--message", required=True)
     _add_data(p)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="submit without checking that every test image is there exactly once",
+    )
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("submissions", help="list your recent submissions and scores")
+    p = sub.add_parser("submissions", help="list your submissions and scores")
+    p.add_argument("-n", dest="last", type=int, help="only the newest N (default: all)")
     p.set_defaults(func=cmd_submissions)
+
+    p = sub.add_parser("weights", help="upload MobileNetV2's ImageNet weights for the kernels")
+    p.add_argument("action", choices=("upload",))
+    p.add_argument(
+        "file", nargs="?", help="the no-top .h5 file (default: the one in ~/.keras/models/)"
+    )
+    p.add_argument("--username", help="Kaggle user name (default: credentials)")
+    p.set_defaults(func=cmd_weights)
 
     p = sub.add_parser("dry-run", help="the whole round trip on a small synthetic dataset")
     p.add_argument("--out", default="dry-run", help="working folder")

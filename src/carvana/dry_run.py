@@ -42,8 +42,8 @@ def _done(start: float) -> None:
 
 def dry_run(out: Path, quick: bool = False) -> dict:
     """Run every stage on synthetic data under `out`; return the summary it prints."""
-    from carvana.files import CarvanaData
     from carvana.eda import run_eda
+    from carvana.files import CarvanaData
     from carvana.synth import synthesize
 
     settings = QUICK if quick else DryRunSettings()
@@ -114,7 +114,7 @@ def dry_run(out: Path, quick: bool = False) -> dict:
     _done(t)
 
     t = _stage(8, "build the Kaggle kernels")
-    from carvana.kernels import build
+    from carvana.kernel_build import build
 
     kernel_scripts = build(out_dir=out / "kernels")
     for path in kernel_scripts:

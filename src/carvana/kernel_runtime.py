@@ -1,0 +1,102 @@
+"""What runs inside a Kaggle kernel: the train kernel's job, finding attached runs and weights.
+
+The entry scripts in kernels/*/kernel.py call these after the built script has unpacked the
+package. Settings come from the entry script's CONFIG, overridden by CARVANA_<FIELD> variables
+(parsed and checked by `config.from_env`, the parser the CLI uses). No TensorFlow at import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from carvana.files import COMPETITION, kaggle_root
+
+# The no-top ImageNet file Keras downloads for MobileNetV2 (alpha 1.0; 224 is also what it
+# picks for non-square inputs); `carvana weights upload` puts it in a private dataset.
+WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+
+
+def _sources(inputs: Path) -> list[Path]:
+    if not inputs.is_dir():
+        raise FileNotFoundError(f"{inputs}: no Kaggle input folder; is this a kernel?")
+    # Not the competition folder: walking 100k images there would take minutes.
+    return sorted(p for p in inputs.iterdir() if p.is_dir() and p.name != COMPETITION)
+
+
+def find_weights(root: str | Path | None = None, name: str = WEIGHTS_FILE) -> Path | None:
+    """The weights file of an attached dataset under /kaggle/input, or None when none is."""
+    inputs = Path(root) if root else kaggle_root() / "input"
+    found = sorted(p for s in _sources(inputs) for p in s.rglob(name) if p.is_file())
+    return found[0] if found else None
+
+
+def attached_weights(config):
+    """`config` with weights=imagenet pointed at the attached file, so no download is needed."""
+    if config.model != "mobilenet" or config.weights != "imagenet":
+        return config
+    path = find_weights()
+    if path is None:
+        print(
+            f"ImageNet weights: no {WEIGHTS_FILE} attached under {kaggle_root() / 'input'}; "
+            "Keras downloads them, which needs the kernel's internet on "
+            "(or run `carvana weights upload` and attach the dataset)",
+            flush=True,
+        )
+        return config
+    print(f"ImageNet weights: {path}", flush=True)
+    return config.replace(weights=str(path))
+
+
+def train_kernel(config) -> dict:
+    """A train kernel's job: train `config` (CARVANA_<FIELD> overrides) into working/run,
+    evaluate on the validation cars unless CARVANA_EVALUATE=0, write train-summary.json."""
+    from carvana.config import cli_fields, from_env
+    from carvana.evaluate import evaluate
+    from carvana.files import CarvanaData, competition_dir, working_dir
+    from carvana.train import train
+
+    began = time.time()
+    config, from_environment = from_env(config)
+    config = attached_weights(config)
+    data = CarvanaData(competition_dir())
+    config = config.replace(original_size=data.image_size())
+    # The entry script's CONFIG is what the user asked for, field by field.
+    asked = frozenset(f.name for f in cli_fields(type(config))) | from_environment
+    run_dir = working_dir() / "run"
+    print(f"training {config.model} at {config.image_size} for up to {config.epochs} epochs")
+    summary = train(data, config, run_dir, resume=True, asked=asked)
+    print(f"run folder: {run_dir}  best validation Dice: {summary['best_val_dice']:.4f}")
+    if os.environ.get("CARVANA_EVALUATE", "1") != "0":
+        result = evaluate(data, run_dir, working_dir() / "evaluation")
+        summary["full_resolution_dice"] = result["dice"]
+        print(f"full-resolution Dice on the validation cars: {result['dice']:.4f}")
+    summary["minutes"] = round((time.time() - began) / 60, 1)
+    (working_dir() / "train-summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"done in {summary['minutes']} min")
+    return summary
+
+
+def find_run(root: str | Path | None = None, name: str = "") -> Path:
+    """The run folder (config.json + model.keras) a predict kernel got through kernel_sources."""
+    from carvana.config import CONFIG_FILE, MODEL_FILE
+
+    inputs = Path(root) if root else kaggle_root() / "input"
+    runs = sorted(
+        c.parent
+        for s in _sources(inputs)
+        for c in s.rglob(CONFIG_FILE)
+        if (c.parent / MODEL_FILE).is_file()
+    )
+    if name:
+        runs = [r for r in runs if name in r.relative_to(inputs).as_posix()]
+    if len(runs) == 1:
+        return runs[0]
+    found = ", ".join(str(r) for r in runs) or "none"
+    raise FileNotFoundError(
+        f"{inputs}: need exactly one run folder ({CONFIG_FILE} + {MODEL_FILE}) from a train "
+        f"kernel{f' matching {name!r}' if name else ''}; found {found}. Add the train kernel "
+        "to kernel_sources, or set CARVANA_RUN to pick one"
+    )
