@@ -198,15 +198,8 @@ def _has_default_data() -> bool:
 
 
 # -- parser ---------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the `carvana` command."""
-    from carvana.config import PredictConfig, TrainConfig, add_arguments
-
-    parser = argparse.ArgumentParser(
-        prog="carvana", description="Carvana Image Masking Challenge: data to scored submission."
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_data_verbs(sub) -> None:
+    """Sub-commands that make or look at data: synth, eda."""
     p = sub.add_parser("synth", help="write a synthetic Kaggle-shaped dataset")
     p.add_argument("out", help="output folder")
     p.add_argument("--train-cars", type=int, default=4, help="training cars (16 images each)")
@@ -227,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--samples", type=int, default=8, help="images in the overlay grid")
     p.set_defaults(func=cmd_eda)
+
+
+def _add_model_verbs(sub) -> None:
+    """Sub-commands of the model stages: train, evaluate, compare, predict, dry-run."""
+    from carvana.config import PredictConfig, TrainConfig, add_arguments
 
     p = sub.add_parser("train", help="train a model into a run folder")
     _add_data(p)
@@ -258,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("dry-run", help="the whole round trip on a small synthetic dataset")
+    p.add_argument("--out", default="dry-run", help="working folder")
+    p.add_argument("--quick", action="store_true", help="smallest settings (used by the tests)")
+    p.set_defaults(func=cmd_dry_run)
+
+
+def _add_submission_verbs(sub) -> None:
+    """Sub-commands for submission files and Kaggle: merge, validate, submit, submissions, kernels, weights."""
     p = sub.add_parser("merge", help="join shard files into one submission")
     p.add_argument("parts", nargs="+", help="shard submission files")
     p.add_argument("--out", required=True)
@@ -268,6 +274,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("submission")
     _add_data(p)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("submit", help="check and submit a file to the competition")
+    p.add_argument("file")
+    p.add_argument("-m", "--message", required=True)
+    _add_data(p)
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="submit without checking that every test image is there exactly once",
+    )
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("submissions", help="list your submissions and scores")
+    p.add_argument("-n", dest="last", type=int, help="only the newest N (default: all)")
+    p.set_defaults(func=cmd_submissions)
 
     p = sub.add_parser("kernels", help="build, push and follow the Kaggle kernels")
     p.add_argument("action", choices=("build", "push", "status", "logs", "output"))
@@ -287,21 +308,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_kernels)
 
-    p = sub.add_parser("submit", help="check and submit a file to the competition")
-    p.add_argument("file")
-    p.add_argument("-m", "--message", required=True)
-    _add_data(p)
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="submit without checking that every test image is there exactly once",
-    )
-    p.set_defaults(func=cmd_submit)
-
-    p = sub.add_parser("submissions", help="list your submissions and scores")
-    p.add_argument("-n", dest="last", type=int, help="only the newest N (default: all)")
-    p.set_defaults(func=cmd_submissions)
-
     p = sub.add_parser("weights", help="upload MobileNetV2's ImageNet weights for the kernels")
     p.add_argument("action", choices=("upload",))
     p.add_argument(
@@ -310,10 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--username", help="Kaggle user name (default: credentials)")
     p.set_defaults(func=cmd_weights)
 
-    p = sub.add_parser("dry-run", help="the whole round trip on a small synthetic dataset")
-    p.add_argument("--out", default="dry-run", help="working folder")
-    p.add_argument("--quick", action="store_true", help="smallest settings (used by the tests)")
-    p.set_defaults(func=cmd_dry_run)
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `carvana` command."""
+    parser = argparse.ArgumentParser(
+        prog="carvana", description="Carvana Image Masking Challenge: data to scored submission."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_data_verbs, _add_model_verbs, _add_submission_verbs):
+        add(sub)
     return parser
 
 
