@@ -21,9 +21,27 @@ from __future__ import annotations
 
 import math
 
-import keras_cv
 import tensorflow as tf
-from keras_cv.layers import VectorizedBaseImageAugmentationLayer
+
+
+def _keras_cv_failed(err: Exception) -> ImportError:
+    from carvana.runtime import tested_range, versions
+
+    found = versions()
+    return ImportError(
+        f"keras-cv could not be imported ({type(err).__name__}: {err}); installed: Keras "
+        f"{found['Keras'] or 'none'}, keras-cv {found['keras-cv'] or 'none'}; augmentation is "
+        f"tested with {tested_range('keras')} and {tested_range('keras-cv')}; install those or "
+        "train with augmentation off"
+    )
+
+
+# keras-cv 0.9 imports private Keras modules, so a newer Keras breaks it inside its own import.
+try:
+    import keras_cv
+    from keras_cv.layers import VectorizedBaseImageAugmentationLayer
+except (ImportError, AttributeError) as err:
+    raise _keras_cv_failed(err) from err
 
 GREY_AXIS_CROSS = tf.constant([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3)
 
