@@ -9,6 +9,7 @@ import io
 import json
 import lzma
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -386,6 +387,8 @@ def test_built_train_then_predict_kernels_on_a_fake_kaggle(tmp_path):
     )
 
     out = run_kernel(scripts[0], tmp_path / "train", env)
+    # It says what it runs on before anything else.
+    assert re.search(r"^TensorFlow \d", out, re.M) and "GPUs: none (CPU only)" in out, out
     (line,) = [x for x in out.splitlines() if x.startswith("carvana package: ")]
     where = Path(line.split(": ", 1)[1])
     assert where.is_relative_to(unpack.resolve()) and where.name == "__init__.py"

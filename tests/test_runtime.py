@@ -72,7 +72,6 @@ def test_installed_combination_passes_and_versions_match_the_modules():
 @pytest.mark.parametrize(
     "changes, augment, message",
     [
-        ({"Keras": "3.16.0"}, True, r"Keras 3\.16\.0 is outside the tested range keras>=3\.13\.2"),
         ({"Keras": "3.12.1"}, False, r"Keras 3\.12\.1 is outside the tested range"),
         ({"Keras": "2.15.0"}, True, r"Keras 2\.15\.0 is Keras 2 \(tf\.keras\); the kit needs "),
         ({"Keras": None}, True, r"Keras is not installed; pip install 'keras>=3\.13\.2,<3\.16'"),
@@ -137,3 +136,12 @@ def test_augment_import_failure_names_versions_and_range(monkeypatch):
     assert f"installed: Keras {found['Keras']}, keras-cv {found['keras-cv']};" in message
     assert "tested with keras>=3.13.2,<3.16 and keras-cv>=0.9,<0.10" in message
     assert "\n" not in message
+
+
+def test_newer_than_tested_is_a_note_not_a_stop(monkeypatch):
+    monkeypatch.delenv("TF_USE_LEGACY_KERAS", raising=False)
+    found = {**KAGGLE, "Keras": "3.16.0"}
+    runtime.check(augment=True, found=found)
+    (note,) = runtime.notices(found)
+    assert note.startswith("note: Keras 3.16.0 is newer than the tested keras>=3.13.2,<3.16")
+    assert runtime.notices(KAGGLE) == []

@@ -50,6 +50,18 @@ def attached_weights(config):
     return config.replace(weights=str(path))
 
 
+def announce_runtime(augment: bool) -> None:
+    """Print what the kernel runs on (Python, libraries, GPUs); stop at once on a combination
+    known not to work instead of hours later."""
+    from carvana import runtime
+
+    print("\n".join(runtime.describe() + runtime.notices()), flush=True)
+    try:
+        runtime.check(augment=augment)
+    except runtime.UnsupportedEnvironment as err:
+        raise SystemExit(f"carvana: {err}") from None
+
+
 def train_kernel(config) -> dict:
     """A train kernel's job: train `config` (CARVANA_<FIELD> overrides) into working/run,
     evaluate on the validation cars unless CARVANA_EVALUATE=0, write train-summary.json."""
@@ -60,6 +72,7 @@ def train_kernel(config) -> dict:
 
     began = time.time()
     config, from_environment = from_env(config)
+    announce_runtime(augment=config.augment)
     config = attached_weights(config)
     data = CarvanaData(competition_dir())
     config = config.replace(original_size=data.image_size())
@@ -76,6 +89,30 @@ def train_kernel(config) -> dict:
     summary["minutes"] = round((time.time() - began) / 60, 1)
     (working_dir() / "train-summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"done in {summary['minutes']} min")
+    return summary
+
+
+def predict_kernel(config, run: str = "") -> dict:
+    """A predict kernel's job: the attached run (CARVANA_RUN picks one) predicts the test set
+    into working/submission.csv.gz (or submission-i-of-n.csv.gz for a shard), validated."""
+    from carvana.config import from_env
+    from carvana.files import CarvanaData, competition_dir, working_dir
+    from carvana.predict import predict
+
+    config, _ = from_env(config)
+    announce_runtime(augment=False)
+    run_dir = find_run(name=os.environ.get("CARVANA_RUN", run))
+    i, n = config.shard
+    out = working_dir() / ("submission.csv.gz" if n == 1 else f"submission-{i}-of-{n}.csv.gz")
+    print(f"model: {run_dir}  output: {out}", flush=True)
+    progress = os.environ.get("CARVANA_PROGRESS", "1") != "0"
+    summary = predict(CarvanaData(competition_dir()), run_dir, out, config, progress=progress)
+    print(
+        f"{out}: {summary['rows']} rows in {summary['seconds']} s, "
+        f"{len(summary['bad_images'])} unreadable image(s), {len(summary['problems'])} problem(s)"
+    )
+    if not summary["ok"]:
+        raise SystemExit(f"{out}: prediction or validation failed; see the messages above")
     return summary
 
 

@@ -106,7 +106,7 @@ def problems(augment: bool = True, found: dict[str, str | None] | None = None) -
             f"Keras {keras_version} is Keras 2 (tf.keras); the kit needs Keras 3: "
             f"pip install '{tested_range('keras')}'"
         )
-    elif not in_range(keras_version, "keras"):
+    elif release(keras_version) < release(TESTED["keras"][0]):
         out.append(
             f"Keras {keras_version} is outside the tested range {tested_range('keras')} "
             f"(keras-cv {cv_version or '-'} imports private Keras modules)"
@@ -120,6 +120,20 @@ def problems(augment: bool = True, found: dict[str, str | None] | None = None) -
         )
     elif augment and not in_range(cv_version, "keras-cv"):
         out.append(f"keras-cv {cv_version} is untested; the kit needs {tested_range('keras-cv')}")
+    return out
+
+
+def notices(found: dict[str, str | None] | None = None) -> list[str]:
+    """Versions newer than any tested: worth a line in the log, not a reason to stop."""
+    found = versions() if found is None else found
+    out = []
+    for name, dist in (("TensorFlow", "tensorflow"), ("Keras", "keras"), ("keras-cv", "keras-cv")):
+        high = TESTED[dist][1]
+        if found[name] and high and release(found[name]) >= release(high):
+            out.append(
+                f"note: {name} {found[name]} is newer than the tested {tested_range(dist)}; "
+                "if something fails, pip install the tested range"
+            )
     return out
 
 
