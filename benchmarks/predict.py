@@ -235,7 +235,13 @@ def main(argv=None) -> None:
     from carvana import rle
     from carvana.config import PredictConfig, TrainConfig
     from carvana.files import CarvanaData
-    from carvana.predict import _postprocess, load_run, make_forward
+    from carvana.predict import load_run
+
+    try:
+        from carvana.inference import make_forward, postprocess
+    except ImportError:  # the engine before it moved out of carvana.predict: before/after runs
+        from carvana.predict import _postprocess as postprocess
+        from carvana.predict import make_forward
 
     global ORIGINAL_LOAD_RUN
     ORIGINAL_LOAD_RUN = ORIGINAL_LOAD_RUN or load_run
@@ -249,7 +255,7 @@ def main(argv=None) -> None:
     runs = np.mean([len(rle.encode(m).split()) // 2 for m in masks])
     print(f"\n[post-processing at 1918x1280, car masks with ~{runs:.0f} runs]")
     print(f"  RLE encode, 1 thread:                 {rate(rle.encode, masks):8.0f} img/s")
-    post = lambda p: _postprocess(p, FULL, 0.5, True)  # noqa: E731
+    post = lambda p: postprocess(p, FULL, 0.5, True)  # noqa: E731
     print(f"  upscale+threshold+RLE, 1 thread:      {rate(post, probs):8.0f} img/s")
     print(
         f"  upscale+threshold+RLE, {pconfig.workers} threads:     "

@@ -1,15 +1,23 @@
 """Input pipeline: geometry, binary masks, caching, augmentation alignment, lazy keras_cv."""
 
+import struct
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from carvana.config import TrainConfig
-from carvana.files import CarvanaData
-from carvana.inputs import crop_to_image, decode_image, get_dataset, shrink_mask
+from carvana.files import CarvanaData, DataError
+from carvana.inputs import (
+    crop_to_image,
+    decode_image,
+    get_dataset,
+    named_data_errors,
+    shrink_mask,
+)
 
 CONFIG = TrainConfig(image_size=(32, 48), original_size=(128, 192), batch_size=8)
 
@@ -26,8 +34,8 @@ class CountingData:
         self.reads += 1
         return self.data.read_train_bytes(image_id)
 
-    def read_mask(self, image_id):
-        return self.data.read_mask(image_id)
+    def __getattr__(self, name):  # everything else (read_mask, where files are) as data's
+        return getattr(self.data, name)
 
 
 def test_shrink_mask_keeps_masks_binary_by_coverage():
@@ -148,3 +156,48 @@ def test_prediction_path_never_imports_keras_cv():
         "assert 'keras_cv' not in sys.modules, 'keras_cv imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+# -- every pair checked on the way in; a bad file is named --------------------------------------
+def _claim_size(jpeg: bytes, height: int, width: int) -> bytes:
+    at = max(jpeg.find(b"\xff\xc0"), jpeg.find(b"\xff\xc2"))
+    return jpeg[: at + 5] + struct.pack(">HH", height, width) + jpeg[at + 9 :]
+
+
+def _first_error(data, ids) -> str:
+    """The message of the error iterating the dataset raises, as a user would see it."""
+    with pytest.raises((DataError, tf.errors.OpError)) as caught:
+        with named_data_errors():
+            for _ in get_dataset(data, ids, CONFIG, training=True, cache=""):
+                pass
+    assert caught.type is DataError, caught.value
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_mask_of_another_size_stops_training_with_its_name(synth_copy):
+    root = synth_copy("folders")
+    data = CarvanaData(root)
+    ids = data.train_ids()[:6]
+    gif = root / "train_masks" / f"{ids[3]}_mask.gif"
+    Image.fromarray(np.zeros((64, 96), np.uint8), mode="L").save(gif)
+    message = _first_error(data, ids)
+    assert f"{ids[3]}_mask.gif: mask is 96x64 but its image is 192x128" in message
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "absurd size"])
+def test_a_corrupt_train_image_stops_training_with_its_name(synth_copy, damage):
+    root = synth_copy("folders")
+    data = CarvanaData(root)
+    ids = data.train_ids()[:6]
+    path = root / "train" / f"{ids[4]}.jpg"
+    jpeg = path.read_bytes()
+    broken = {
+        "truncated": jpeg[: len(jpeg) // 2],
+        "garbage": b"this is not a jpeg",
+        "absurd size": _claim_size(jpeg, 65000, 65000),
+    }[damage]
+    path.write_bytes(broken)
+    message = _first_error(data, ids)
+    assert f"{ids[4]}.jpg" in message and "JPEG" in message

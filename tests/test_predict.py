@@ -1,10 +1,14 @@
 """Streaming prediction: exact masks, TTA, bad images, rows on disk while running, resume, shards."""
 
+import io
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -13,11 +17,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import carvana.predict
 from carvana import cli, rle
 from carvana.config import PredictConfig, TrainConfig
 from carvana.files import CarvanaData
+from carvana.inference import make_forward, predict_masks, upscale_mask
 from carvana.inputs import decode_image
-from carvana.predict import make_forward, predict, predict_masks, shard_names, upscale_mask
+from carvana.predict import predict, shard_names
 from carvana.submission import merge, read_rows, validate
 from carvana.synth import synthesize
 
@@ -34,6 +40,17 @@ def conv_model(config: TrainConfig) -> keras.Model:
     outputs = conv(x)
     conv.set_weights([np.array([0.0, 6.0, -6.0], np.float32).reshape(1, 1, 3, 1), np.array([0.3])])
     return keras.Model(inputs, outputs)
+
+
+def load_hand_made_run(run_dir: Path):
+    """(model, config) of a run folder whose model.keras is a hand-made Keras model: Keras
+    deserializes it (models.load_model rebuilds a kit architecture from config.json)."""
+    return keras.models.load_model(Path(run_dir) / "model.keras"), TrainConfig.load(run_dir)
+
+
+@pytest.fixture(autouse=True)
+def hand_made_models(monkeypatch):
+    monkeypatch.setattr(carvana.predict, "load_run", load_hand_made_run)
 
 
 @pytest.fixture(scope="module")
@@ -223,8 +240,6 @@ def test_resume_after_interrupt_and_truncation_gives_exactly_once_rows(
 def test_killed_while_validating_the_rerun_only_validates(
     synth_dirs, run_dir, reference, tmp_path, monkeypatch
 ):
-    import carvana.predict
-
     data = CarvanaData(synth_dirs["zipped"])
     out = tmp_path / "sub.csv.gz"
 
@@ -234,7 +249,7 @@ def test_killed_while_validating_the_rerun_only_validates(
     monkeypatch.setattr(carvana.predict, "validate", killed)
     with pytest.raises(KeyboardInterrupt):
         predict(data, run_dir, out, FAST, progress=False)
-    monkeypatch.undo()
+    monkeypatch.setattr(carvana.predict, "validate", validate)
     assert rows_of(out) == sorted(reference.items())  # complete, renamed, not yet validated
     again = predict(data, run_dir, out, FAST, progress=False)
     assert again["ok"] and again["predicted"] == 0 and again["rows"] == 12
@@ -296,7 +311,12 @@ from pathlib import Path
 from carvana.config import PredictConfig
 from carvana.files import CarvanaData
 from carvana.predict import predict
+import carvana.predict, keras
+from carvana.config import TrainConfig
 
+carvana.predict.load_run = lambda run: (
+    keras.models.load_model(run / "model.keras"), TrainConfig.load(run)
+)
 data = CarvanaData(sys.argv[1])
 read = data.read_test_bytes
 data.read_test_bytes = lambda name: (time.sleep(0.1), read(name))[1]
@@ -327,3 +347,132 @@ def test_sigkill_mid_run_then_the_same_command_resumes(stream_data, run_dir, tmp
     summary = predict(stream_data, run_dir, out, PredictConfig(batch_size=2), progress=False)
     assert summary["ok"] and summary["resumed"] >= 6
     assert rows_of(out) == sorted(by_hand(stream_data, stream_data.test_names()).items())
+
+
+# -- resume keyed on what the output depends on, one writer per output, bad headers ------------
+def claim_size(jpeg: bytes, height: int, width: int) -> bytes:
+    """The JPEG with its frame header (SOF0/SOF2) claiming another size; the data unchanged."""
+    at = max(jpeg.find(b"\xff\xc0"), jpeg.find(b"\xff\xc2"))
+    assert at > 0, "no frame header"
+    return jpeg[: at + 5] + struct.pack(">HH", height, width) + jpeg[at + 9 :]
+
+
+def interrupt_after(monkeypatch, data, reads: int):
+    """Make the `reads`-th test image read raise KeyboardInterrupt; returns an undo function."""
+    read, calls = data.read_test_bytes, []
+
+    def interrupted(name):
+        calls.append(name)
+        if len(calls) == reads:
+            raise KeyboardInterrupt
+        return read(name)
+
+    monkeypatch.setattr(data, "read_test_bytes", interrupted)
+    return lambda: monkeypatch.setattr(data, "read_test_bytes", read)
+
+
+def interrupted_run(stream_data, run_dir, out, monkeypatch) -> list:
+    undo = interrupt_after(monkeypatch, stream_data, 30)
+    with pytest.raises(KeyboardInterrupt):
+        predict(stream_data, run_dir, out, FAST, progress=False)
+    undo()
+    partial = out.with_name(out.name + ".partial")
+    kept = rows_of(partial)
+    assert 0 < len(kept) < 48
+    return kept
+
+
+def test_resume_refuses_another_model_of_the_same_size(stream_data, run_dir, tmp_path, monkeypatch):
+    out = tmp_path / "sub.csv.gz"
+    kept = interrupted_run(stream_data, run_dir, out, monkeypatch)
+    model_file = run_dir / "model.keras"
+    before = model_file.read_bytes()
+    other = conv_model(CONFIG)
+    other.get_layer("logits").set_weights(
+        [np.array([0.0, 5.0, -6.0], np.float32).reshape(1, 1, 3, 1), np.array([0.1])]
+    )
+    other.save(tmp_path / "other.keras")
+    try:
+        # The other weights in the original archive: only the saving date would change its size.
+        with (
+            zipfile.ZipFile(io.BytesIO(before)) as original,
+            zipfile.ZipFile(tmp_path / "other.keras") as changed,
+            zipfile.ZipFile(model_file, "w") as target,
+        ):
+            for info in original.infolist():
+                source = changed if info.filename.endswith(".h5") else original
+                target.writestr(info, source.read(info.filename))
+        assert model_file.stat().st_size == len(before) and model_file.read_bytes() != before
+        with pytest.raises(ValueError, match=r"model\.keras content differs.*another --out"):
+            predict(stream_data, run_dir, out, FAST, progress=False)
+    finally:
+        model_file.write_bytes(before)
+    assert rows_of(out.with_name(out.name + ".partial")) == kept  # untouched
+    other_run = tmp_path / "copy-of-run"
+    shutil.copytree(run_dir, other_run)
+    with pytest.raises(ValueError, match="run folder differs"):
+        predict(stream_data, other_run, out, FAST, progress=False)
+    summary = predict(stream_data, run_dir, out, FAST, progress=False)
+    assert summary["ok"] and summary["resumed"] == len(kept) and summary["rows"] == 48
+
+
+def test_a_limited_rerun_keeps_the_interrupted_full_run(
+    stream_data, run_dir, tmp_path, monkeypatch
+):
+    out = tmp_path / "sub.csv.gz"
+    kept = interrupted_run(stream_data, run_dir, out, monkeypatch)
+    partial = out.with_name(out.name + ".partial")
+    with pytest.raises(ValueError, match=r"limit 0 -> 10.*delete"):
+        predict(stream_data, run_dir, out, PredictConfig(batch_size=4, limit=10), progress=False)
+    assert rows_of(partial) == kept
+    with pytest.raises(ValueError, match=r"threshold 0\.5 -> 0\.6"):
+        predict(stream_data, run_dir, out, PredictConfig(threshold=0.6), progress=False)
+    assert rows_of(partial) == kept
+
+
+@pytest.mark.parametrize("content", ["", "{not json", '{"key": 1}', "[]"])
+def test_an_unreadable_resume_state_is_one_clear_line(synth_dirs, run_dir, tmp_path, content):
+    data = CarvanaData(synth_dirs["folders"])
+    out = tmp_path / "sub.csv.gz"
+    state = out.with_name(out.name + ".partial.json")
+    state.write_text(content)
+    out.with_name(out.name + ".partial").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"sub\.csv\.gz\.partial\.json: not a readable resume"):
+        predict(data, run_dir, out, FAST, progress=False)
+    assert state.read_text() == content
+
+
+def test_a_second_predict_on_the_same_out_refuses_while_the_first_runs(
+    synth_dirs, run_dir, tmp_path
+):
+    import fcntl
+
+    data = CarvanaData(synth_dirs["folders"])
+    out = tmp_path / "sub.csv.gz"
+    lock = out.with_name(out.name + ".lock")
+    with open(lock, "w") as held:  # what a running predict holds
+        held.write("4242\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match=r"sub\.csv\.gz.*in use by process 4242"):
+            predict(data, run_dir, out, FAST, progress=False)
+    assert not out.exists()
+    lock.write_text("999999999\n")  # a run that died: nobody holds the lock
+    summary = predict(data, run_dir, out, FAST, progress=False)
+    assert summary["ok"] and summary["rows"] == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub.csv.gz"]
+
+
+def test_a_header_claiming_an_absurd_size_is_an_empty_row(synth_copy, run_dir, tmp_path):
+    root = synth_copy("folders")
+    names = CarvanaData(root).test_names()
+    path = root / "test" / names[2]
+    path.write_bytes(claim_size(path.read_bytes(), 65000, 65000))
+    out = tmp_path / "sub.csv.gz"
+    summary = predict(CarvanaData(root), run_dir, out, FAST, progress=False)
+    assert not summary["ok"] and summary["bad_images"] == [names[2]]
+    assert "65000" in summary["bad_reasons"][names[2]]
+    rows = dict(rows_of(out))
+    assert rows[names[2]] == "" and len(rows) == 12 and all(rows[n] for n in names if n != names[2])
+    again = predict(CarvanaData(root), run_dir, out, FAST, allow_bad_images=True, progress=False)
+    assert again["ok"] and again["bad_images"] == [names[2]]

@@ -4,27 +4,33 @@
 prediction: an image is decoded at 1/k scale, resized to `config.image_size`, and padded at
 the bottom/right to `config.padded_size`; predictions are cropped back before upscaling.
 
-`get_dataset` builds the training/validation input: a Python generator reads JPEG bytes and
-masks through the data layer (zips or folders) in a few threads, masks are shrunk in numpy so
-they stay binary, images are decoded by TensorFlow in parallel, and the decoded uint8 examples
-are cached (memory or file) before any augmentation, so only the first epoch decodes JPEGs.
+`get_dataset` builds the training/validation input: a Python generator reads each image and
+mask through the data layer (zips or folders) a few ahead in threads (carvana.readahead),
+checks the pair (sizes agree, mask values 0/1), decodes the JPEG with TensorFlow and shrinks
+the mask in numpy so it stays binary; a bad file stops the input with a DataError naming it.
+The decoded uint8 examples are cached (memory or file) before any augmentation, so only the
+first epoch decodes JPEGs.
 The padding of a mask is background (0) and is kept in the loss: the model learns it as easily
 as the studio floor, and excluding it would need a weight map in every batch.
 """
 
 from __future__ import annotations
 
-import collections
+import contextlib
+import io
+import re
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 import tensorflow as tf
 
 from carvana.config import TrainConfig
+from carvana.files import DataError
+from carvana.readahead import ReadAhead
 
-READ_THREADS = 4  # GIF decoding and mask resizing release the GIL
+READ_THREADS = 4  # JPEG and GIF decoding and mask resizing release the GIL
 
 
 def decode_image(jpeg: tf.Tensor, config: TrainConfig) -> tf.Tensor:
@@ -60,45 +66,109 @@ def shrink_mask(mask: np.ndarray, config: TrainConfig) -> np.ndarray:
     return mask.astype(np.uint8)[..., None]
 
 
-def read_examples(
-    data, ids: Sequence[str], config: TrainConfig
-) -> Iterator[tuple[bytes, np.ndarray]]:
-    """Yield (JPEG bytes, shrunk mask) per id, in order, read a few ids ahead in threads."""
+class Example(NamedTuple):
+    """One training pair at the model geometry, as the reader hands it to TensorFlow."""
 
-    def read(image_id: str):
-        return data.read_train_bytes(image_id), shrink_mask(data.read_mask(image_id), config)
+    image: np.ndarray  # uint8 (padded_h, padded_w, 3)
+    mask: np.ndarray  # uint8 0/1 (padded_h, padded_w, 1); the padding is background
 
-    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read") as pool:
-        ahead: collections.deque = collections.deque()
-        for image_id in ids:
-            ahead.append(pool.submit(read, image_id))
-            if len(ahead) > 2 * READ_THREADS:
-                yield ahead.popleft().result()
-        while ahead:
-            yield ahead.popleft().result()
+
+def checked_jpeg_size(jpeg: bytes, where: str) -> tuple[int, int]:
+    """(height, width) from a JPEG's header, or a DataError naming `where`: no JPEG header, or
+    a size beyond PIL's decompression-bomb warning (~89 Mpx; a damaged header, not a photo)."""
+    from PIL import Image, JpegImagePlugin
+
+    try:
+        # Not Image.open: its bomb check would raise before telling the size it saw.
+        with JpegImagePlugin.JpegImageFile(io.BytesIO(jpeg)) as image:
+            width, height = image.size
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"{where}: not a readable JPEG image: {err}") from None
+    if width * height > (Image.MAX_IMAGE_PIXELS or 2**62):
+        raise DataError(f"{where}: not a readable JPEG image: its header claims {width}x{height}")
+    return height, width
+
+
+def tf_message(err: Exception) -> str:
+    """The first line of a TensorFlow error, without its {{node ...}} decorations."""
+    text = getattr(err, "message", str(err))
+    lines = re.sub(r"\{\{[^}]*\}\}", "", text).strip().splitlines()
+    return lines[0].strip() if lines else type(err).__name__
+
+
+def _where(store, name: str) -> str:
+    return store.where(name) if store is not None else name
+
+
+class PairReader:
+    """Reads a training pair checked like CarvanaData.read_pair (mask size = image size, mask
+    values 0/1) and decodes it at the model geometry; a bad file is a DataError naming it."""
+
+    def __init__(self, data, config: TrainConfig):
+        self.data, self.config = data, config
+        # Decoded here, in the reader's threads, not in a tf.data map: a JPEG that TensorFlow
+        # cannot decode is then an error naming its file, not a TF error naming no file.
+        self.decode = tf.function(
+            lambda jpeg: decode_image(jpeg, config), input_signature=[tf.TensorSpec([], tf.string)]
+        )
+
+    def __call__(self, image_id: str) -> Example:
+        """The checked, decoded pair of one image id."""
+        data, config = self.data, self.config
+        where = _where(getattr(data, "train", None), f"{image_id}.jpg")
+        jpeg = data.read_train_bytes(image_id)
+        size = checked_jpeg_size(jpeg, where)
+        mask = data.read_mask(image_id)
+        if mask.shape != size:
+            masks = getattr(data, "masks", None)
+            raise DataError(
+                f"{_where(masks, f'{image_id}_mask.gif')}: mask is {mask.shape[1]}x"
+                f"{mask.shape[0]} but its image is {size[1]}x{size[0]}"
+            )
+        try:
+            image = self.decode(tf.constant(jpeg)).numpy()
+        except tf.errors.OpError as err:
+            raise DataError(f"{where}: not a readable JPEG image: {tf_message(err)}") from None
+        h, w = config.image_size
+        padded = np.zeros((*config.padded_size, 1), np.uint8)
+        padded[:h, :w] = shrink_mask(mask, config)
+        return Example(image, padded)
+
+
+def read_examples(data, ids: Sequence[str], config: TrainConfig) -> Iterator[Example]:
+    """Yield the checked, decoded Example of each id, in order, read a few ids ahead in
+    threads; a bad file raises its DataError when its turn comes."""
+    with ReadAhead(ids, PairReader(data, config), READ_THREADS, 2 * READ_THREADS) as ahead:
+        for done in ahead:
+            yield done.result()
 
 
 def decoded_dataset(data, ids: Sequence[str], config: TrainConfig) -> tf.data.Dataset:
     """Dataset of (uint8 image (ph, pw, 3), uint8 0/1 mask (ph, pw, 1)) at the model geometry."""
-    h, w = config.image_size
     ph, pw = config.padded_size
     ids = list(ids)
     dataset = tf.data.Dataset.from_generator(
         lambda: read_examples(data, ids, config),
         output_signature=(
-            tf.TensorSpec([], tf.string),
-            tf.TensorSpec([h, w, 1], tf.uint8),
+            tf.TensorSpec([ph, pw, 3], tf.uint8),
+            tf.TensorSpec([ph, pw, 1], tf.uint8),
         ),
     )
     # A known length lets Keras count steps (and not warn that the input "ran out").
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(ids)))
-    return dataset.map(
-        lambda jpeg, mask: (
-            decode_image(jpeg, config),
-            tf.image.pad_to_bounding_box(mask, 0, 0, ph, pw),
-        ),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    return dataset.apply(tf.data.experimental.assert_cardinality(len(ids)))
+
+
+@contextlib.contextmanager
+def named_data_errors() -> Iterator[None]:
+    """Around a loop over the input: a DataError raised by the reader inside tf.data comes out
+    as that DataError's one line (TensorFlow wraps it in an error with a traceback)."""
+    try:
+        yield
+    except tf.errors.OpError as err:
+        found = re.search(r"DataError: (.*)", getattr(err, "message", str(err)))
+        if found is None:
+            raise
+        raise DataError(found.group(1).strip()) from None
 
 
 def _to_float(images, masks):
