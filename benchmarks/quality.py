@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from carvana.config import TrainConfig, parse_size
-    from carvana.files import CarvanaData, car_id
     from carvana.evaluate import compare, evaluate
+    from carvana.files import CarvanaData, car_id
     from carvana.train import TimeLimit, train
 
     work = Path(args.work)

@@ -9,10 +9,10 @@ import tensorflow as tf
 
 from carvana import rle
 from carvana.config import TrainConfig
-from carvana.files import ANGLES, CarvanaData
 from carvana.evaluate import compare, epochs_to, evaluate
-from carvana.models import load_model
+from carvana.files import ANGLES, CarvanaData
 from carvana.inputs import crop_to_image, decode_image
+from carvana.models import load_model
 from carvana.train import train
 
 TINY = TrainConfig(

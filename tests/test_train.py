@@ -9,8 +9,8 @@ import tensorflow as tf
 
 from carvana.config import TrainConfig
 from carvana.files import CarvanaData, car_id
-from carvana.models import load_model
 from carvana.inputs import get_dataset
+from carvana.models import load_model
 from carvana.train import (
     DiceMetric,
     TimeLimit,
@@ -19,6 +19,7 @@ from carvana.train import (
     pick_strategy,
     read_history,
     recalibrate_bn,
+    resume_config,
     train,
 )
 
@@ -133,8 +134,8 @@ def test_resume_continues_from_the_saved_epoch(synth_dirs, tmp_path, capsys):
     after = read_history(run / "history.csv")
     assert [r["epoch"] for r in after] == [1, 2, 3] and after[:2] == before
     assert again["epochs_run"] == 3 and again["best_val_dice"] >= first["best_val_dice"]
-    # Settings left at their defaults (as the CLI passes them) resume the saved run as it was.
-    done = train(data, TrainConfig(epochs=3), run)  # nothing left to do
+    # Settings not asked for (the CLI fills in their defaults) resume the saved run as it was.
+    done = train(data, TrainConfig(epochs=3), run, asked={"epochs"})  # nothing left to do
     assert done["model"] == "cnn" and TrainConfig.load(run).image_size == (32, 48)
     assert done["epochs_run"] == 3 and len(read_history(run / "history.csv")) == 3
     with pytest.raises(ValueError, match="--fresh"):
@@ -150,3 +151,35 @@ def test_time_limit_stops_training(synth_dirs, tmp_path):
     summary = train(data, config, tmp_path / "run", callbacks=[TimeLimit(0)], verbose=0)
     assert summary["epochs_run"] == 1
     assert (tmp_path / "run" / "model.keras").exists()
+
+
+def _checkpointed_run(tmp_path, config: TrainConfig):
+    """A run folder with a saved config and a checkpoint state, as an interrupted run leaves."""
+    from carvana.callbacks import RunState
+
+    run = tmp_path / "run"
+    config.save(run)
+    RunState(epoch=2, best=0.5, best_epoch=2).save(run / "checkpoint")
+    return run
+
+
+def test_resume_honours_an_asked_default_and_refuses_another(tmp_path):
+    saved = TINY.replace(augment=False, patience=9, val_cars=("c1",), train_cars=("c2",))
+    run = _checkpointed_run(tmp_path, saved)
+    # patience=5 is the default: asked for explicitly, it applies (it used to be ignored).
+    state, config = resume_config(run, TrainConfig(patience=5), asked={"patience"})
+    assert state.epoch == 2 and config.patience == 5
+    assert config.replace(patience=9) == saved
+    # Not asked for: defaults the CLI filled in change nothing.
+    assert resume_config(run, TrainConfig(), asked=())[1] == saved
+    # augment=True is the default too: asked for, it differs from the run and is refused.
+    with pytest.raises(ValueError, match=r"\(augment\); pass the same settings.*--fresh"):
+        resume_config(run, TrainConfig(augment=True), asked={"augment", "epochs"})
+    # asked=None: every field counts; what train fills in itself is never compared.
+    same = saved.replace(epochs=30, val_cars=(), train_cars=(), original_size=(9, 9))
+    state, config = resume_config(run, same, asked=None)
+    assert config.epochs == 30 and config.val_cars == ("c1",) and config.original_size == (9, 9)
+    with pytest.raises(ValueError, match="model, weights"):
+        resume_config(run, TrainConfig(weights="x.h5"), asked=None)
+    with pytest.raises(ValueError, match="unknown settings: colour"):
+        resume_config(run, saved, asked={"colour"})

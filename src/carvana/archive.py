@@ -142,18 +142,21 @@ def decode_mask(data: bytes, where: str = "mask") -> np.ndarray:
 
 def jpeg_size(data: bytes, where: str = "image") -> tuple[int, int]:
     """(height, width) from a JPEG's header without decoding the pixels; DataError naming
-    `where` when the header cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    `where` when the header cannot be read or claims a size beyond PIL's decompression-bomb
+    limit (~89 Mpx: a damaged header, not a photo)."""
+    from PIL import Image, JpegImagePlugin
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.size[1], image.size[0]
-    except UnidentifiedImageError:  # its message names only an in-memory buffer
-        raise DataError(f"{where}: not a readable JPEG header (corrupt or truncated)") from None
+        # Not Image.open: its bomb check would raise before telling the size it saw.
+        with JpegImagePlugin.JpegImageFile(io.BytesIO(data)) as image:
+            width, height = image.size
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(
             f"{where}: not a readable JPEG header (corrupt or truncated): {err}"
         ) from None
+    if width * height > (Image.MAX_IMAGE_PIXELS or 2**62):
+        raise DataError(f"{where}: not a readable JPEG image: its header claims {width}x{height}")
+    return height, width
 
 
 def read_csv(path: Path, **kwargs):

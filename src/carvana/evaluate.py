@@ -65,8 +65,8 @@ def evaluate(data, run_dir: Path, out: Path, worst: int = 6, batch_size: int = 1
     """Full-resolution mean Dice and pixel accuracy of a run on its validation cars; writes
     out/report.md, out/worst_*.png and run_dir/evaluation.json. Returns dice, accuracy, report,
     per_angle, images, worst."""
+    from carvana.inference import predict_masks
     from carvana.models import count_params, load_model
-    from carvana.predict import predict_masks
 
     run_dir, out = Path(run_dir), Path(out)
     config = TrainConfig.load(run_dir)

@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from carvana import rle
 from carvana.config import PredictConfig, TrainConfig
-from carvana.files import DataError
-from carvana.inputs import checked_jpeg_size, crop_to_image, decode_image, tf_message
+from carvana.files import DataError, jpeg_size
+from carvana.inputs import crop_to_image, decode_image, tf_message
 from carvana.readahead import ReadAhead
 
 
@@ -145,7 +145,7 @@ class _Finish:
 def _probe(item: tuple[int, tuple[str, bytes]]) -> Probe:
     index, (name, data) = item
     try:
-        return Probe(index, name, data, checked_jpeg_size(data, name), None)
+        return Probe(index, name, data, jpeg_size(data, name), None)
     except DataError as err:
         return Probe(index, name, data, None, str(err).removeprefix(f"{name}: "))
 

@@ -17,7 +17,6 @@ as the studio floor, and excluding it would need a weight map in every batch.
 from __future__ import annotations
 
 import contextlib
-import io
 import re
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -27,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from carvana.config import TrainConfig
-from carvana.files import DataError
+from carvana.files import DataError, jpeg_size
 from carvana.readahead import ReadAhead
 
 READ_THREADS = 4  # JPEG and GIF decoding and mask resizing release the GIL
@@ -73,22 +72,6 @@ class Example(NamedTuple):
     mask: np.ndarray  # uint8 0/1 (padded_h, padded_w, 1); the padding is background
 
 
-def checked_jpeg_size(jpeg: bytes, where: str) -> tuple[int, int]:
-    """(height, width) from a JPEG's header, or a DataError naming `where`: no JPEG header, or
-    a size beyond PIL's decompression-bomb warning (~89 Mpx; a damaged header, not a photo)."""
-    from PIL import Image, JpegImagePlugin
-
-    try:
-        # Not Image.open: its bomb check would raise before telling the size it saw.
-        with JpegImagePlugin.JpegImageFile(io.BytesIO(jpeg)) as image:
-            width, height = image.size
-    except (OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"{where}: not a readable JPEG image: {err}") from None
-    if width * height > (Image.MAX_IMAGE_PIXELS or 2**62):
-        raise DataError(f"{where}: not a readable JPEG image: its header claims {width}x{height}")
-    return height, width
-
-
 def tf_message(err: Exception) -> str:
     """The first line of a TensorFlow error, without its {{node ...}} decorations."""
     text = getattr(err, "message", str(err))
@@ -117,7 +100,7 @@ class PairReader:
         data, config = self.data, self.config
         where = _where(getattr(data, "train", None), f"{image_id}.jpg")
         jpeg = data.read_train_bytes(image_id)
-        size = checked_jpeg_size(jpeg, where)
+        size = jpeg_size(jpeg, where)
         mask = data.read_mask(image_id)
         if mask.shape != size:
             masks = getattr(data, "masks", None)

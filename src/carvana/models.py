@@ -135,10 +135,39 @@ def count_params(model: keras.Model) -> int:
 
 
 def load_model(run_dir: str | Path) -> keras.Model:
-    """The trained model of a run folder, for inference (no optimizer, no custom objects)."""
+    """The trained model of a run folder for inference: rebuilt from config.json, weights loaded.
+
+    Rebuilding rather than deserializing model.keras's own config is what lets a run folder
+    load across Keras versions: a newer Keras writes layer config keys an older one rejects
+    (3.15's `input_axes`), while the weights' layout in the file stays the same. A .keras file
+    with no config.json beside it is deserialized by Keras itself."""
+    import warnings
+
+    from carvana.config import CONFIG_FILE, saved_versions
+
     path = Path(run_dir)
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no trained model; is this a run folder made by train?")
-    return keras.models.load_model(path, compile=False)
+    if not (path.parent / CONFIG_FILE).is_file():
+        return keras.models.load_model(path, compile=False)
+    # The weights come from the file; never download or read the initial ones again.
+    model = build_model(TrainConfig.load(path.parent).replace(weights="none"))
+    try:
+        # Weights that do not fit raise after a warning per skipped object: keep the one line.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(path)
+    except (ValueError, KeyError, OSError) as err:
+        saved = saved_versions(path.parent).get("keras")
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        remedy = f"pip install keras=={saved} and the kit that trained it" if saved else "the kit"
+        raise ValueError(
+            f"{path}: the weights (saved with Keras {saved or 'unrecorded'}) do not fit the model "
+            f"this kit builds from config.json with Keras {keras.__version__} ({reason}); load "
+            f"it with {remedy}, or train the run again"
+        ) from None
+    for warning in caught:
+        warnings.warn(warning.message, warning.category, stacklevel=2)
+    return model

@@ -1,0 +1,215 @@
+"""The training callbacks Keras lacks, one job each: BN recalibration, the float32 best-model
+export, patience and checkpoints whose counters survive a resume, a time limit, the progress line.
+
+They share one `RunState` (epoch, best score, epochs without improvement), which the checkpoint
+saves as state.json beside the last weights, so a resumed run goes on counting where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from carvana.files import atomic_write
+
+WEIGHTS_FILE = "last.weights.h5"
+STATE_FILE = "state.json"
+
+
+@dataclass
+class RunState:
+    """Counters of a run: epochs done, best monitored score and its epoch, epochs since."""
+
+    epoch: int = 0
+    best: float = -1.0
+    best_epoch: int = 0
+    wait: int = 0
+    stopped: bool = False
+
+    @classmethod
+    def load(cls, checkpoint_dir: Path) -> RunState | None:
+        """The state saved in a checkpoint folder, or None when there is none."""
+        path = Path(checkpoint_dir) / STATE_FILE
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+    def save(self, checkpoint_dir: Path) -> None:
+        """Write state.json into a checkpoint folder."""
+        text = json.dumps(dataclasses.asdict(self), indent=1)
+        atomic_write(Path(checkpoint_dir) / STATE_FILE, lambda p: Path(p).write_text(text))
+
+
+def batch_norms(model: keras.Model) -> list:
+    """Every BatchNormalization layer of a model, nested models included."""
+    from carvana.models import iter_layers
+
+    return [
+        layer for layer in iter_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+
+
+def recalibrate_bn(model: keras.Model, batches: Iterable) -> int:
+    """Re-estimate every BatchNormalization's moving statistics as the plain average of the
+    batch statistics over `batches` at the current weights (no weight update); returns the
+    number of batches used."""
+    bns = batch_norms(model)
+    if not bns:
+        return 0
+    saved = [bn.momentum for bn in bns]
+    k = 0
+    try:
+        for k, (x, _) in enumerate(batches, 1):
+            for bn in bns:
+                bn.momentum = (k - 1) / k  # running mean of the k batches seen so far
+            # Eager and in cross-replica context: the momentum is read at call time, and an
+            # assignment to a mirrored variable there writes every replica's copy.
+            model(x, training=True)
+    finally:
+        for bn, momentum in zip(bns, saved, strict=True):
+            bn.momentum = momentum
+    return k
+
+
+class BNRecalibration(keras.callbacks.Callback):
+    """Before each validation (or at the epoch's end without one), re-estimate the moving
+    BN statistics from a few fixed training batches."""
+
+    # From scratch, the moving statistics trail weights that change fast: inference-mode
+    # outputs can be empty while training-mode ones are right. Validation, the saved model
+    # and prediction all run in inference mode.
+
+    def __init__(self, batches: Iterable):
+        super().__init__()
+        self.batches, self.done = batches, False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.done = False
+
+    def on_test_begin(self, logs=None):
+        if not self.done:
+            recalibrate_bn(self.model, self.batches)
+            self.done = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.on_test_begin()
+
+
+class EpochStats(keras.callbacks.Callback):
+    """Add the epoch's seconds and learning rate to the logs the later callbacks see."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.began = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        lr = self.model.optimizer.learning_rate
+        logs["learning_rate"] = float(lr.numpy() if hasattr(lr, "numpy") else lr)
+        logs["seconds"] = round(time.perf_counter() - self.began, 3)
+
+
+class BestModelExport(keras.callbacks.Callback):
+    """When the monitored score improves, save a float32 copy of the model (no optimizer)."""
+
+    def __init__(self, path: Path, export: keras.Model, state: RunState, monitor: str):
+        super().__init__()
+        self.path, self.export, self.state, self.monitor = Path(path), export, state, monitor
+
+    def on_epoch_end(self, epoch, logs=None):
+        score = float(logs.get(self.monitor, math.nan))
+        if not math.isnan(score) and score > self.state.best:
+            self.state.best, self.state.best_epoch, self.state.wait = score, epoch + 1, 0
+            # The export model was built float32: copying the weights casts nothing, since
+            # mixed precision keeps its variables in float32 too.
+            self.export.set_weights(self.model.get_weights())
+            atomic_write(self.path, self.export.save)
+        else:
+            self.state.wait += 1
+
+
+class Patience(keras.callbacks.Callback):
+    """Stop once `patience` epochs passed without improvement (counted in the RunState, so
+    unlike keras.callbacks.EarlyStopping the count survives a resume)."""
+
+    def __init__(self, state: RunState, patience: int):
+        super().__init__()
+        self.state, self.patience = state, patience
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.state.wait >= self.patience:
+            self.state.stopped = True
+            self.model.stop_training = True
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """After every epoch, save the weights with the optimizer state and the RunState."""
+
+    def __init__(self, checkpoint_dir: Path, state: RunState):
+        super().__init__()
+        self.dir, self.state = Path(checkpoint_dir), state
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.state.epoch = epoch + 1
+        atomic_write(self.dir / WEIGHTS_FILE, self.model.save_weights)
+        self.state.save(self.dir)
+
+
+def restore_checkpoint(model: keras.Model, checkpoint_dir: Path) -> None:
+    """Load a checkpoint's weights and optimizer state into a compiled model, whether it was
+    written with mixed precision (a LossScaleOptimizer around Adam) or without."""
+    path = Path(checkpoint_dir) / WEIGHTS_FILE
+    model.optimizer.build(model.trainable_variables)
+    with warnings.catch_warnings():
+        # A different precision wraps the optimizer differently: its state is loaded below.
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(path)
+    import h5py
+
+    inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    with h5py.File(path, "r") as h5:
+        key = next((k for k in ("optimizer/inner_optimizer/vars", "optimizer/vars") if k in h5), "")
+        saved = [h5[key][str(i)][()] for i in range(len(h5[key]))] if key else []
+    if len(saved) != len(inner.variables):
+        raise ValueError(
+            f"{path}: holds {len(saved)} optimizer variables, this model needs "
+            f"{len(inner.variables)}; start over with --fresh"
+        )
+    for variable, value in zip(inner.variables, saved, strict=True):
+        variable.assign(value)
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stop training (after the current batch, still validating) once `seconds` have passed."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+        self.began = None
+
+    def on_train_begin(self, logs=None):
+        self.began = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.perf_counter() - self.began >= self.seconds:
+            self.model.stop_training = True
+
+
+class ProgressLine(keras.callbacks.Callback):
+    """One line per epoch: the logs, the seconds and a mark on the best epoch so far."""
+
+    def __init__(self, state: RunState, epochs: int, log: Callable[[str], None]):
+        super().__init__()
+        self.state, self.epochs, self.log = state, epochs, log
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = "  ".join(
+            f"{k} {v:.4f}" for k, v in logs.items() if k not in ("seconds", "learning_rate")
+        )
+        mark = "  *best" if self.state.best_epoch == epoch + 1 else ""
+        line = f"epoch {epoch + 1}/{self.epochs}  {shown}  {logs['seconds']:.1f} s{mark}"
+        self.log(line)

@@ -1,0 +1,84 @@
+"""Where and how precisely training runs: the tf.distribute strategy, the dtype policy, XLA."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import keras
+import tensorflow as tf
+
+PRECISIONS = ("auto", "float32", "mixed_float16")
+
+
+def pick_strategy() -> tf.distribute.Strategy:
+    """TPUStrategy when a TPU is attached, MirroredStrategy for several GPUs, else default."""
+    # Only look for a TPU when one is announced: the resolver otherwise probes the network.
+    tpu = os.environ.get("TPU_NAME") or (
+        "local" if tf.config.list_physical_devices("TPU") else None
+    )
+    if tpu:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def has_gpu() -> bool:
+    """Whether TensorFlow sees a GPU."""
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def resolve_precision(precision: str) -> str:
+    """The dtype policy to train with: "auto" is mixed_float16 on a GPU, float32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "mixed_float16" if has_gpu() else "float32"
+    return precision
+
+
+def resolve_jit(jit_compile: bool | str, replicas: int = 1) -> bool | str:
+    """Keras's jit_compile: "auto" lets Keras use XLA on accelerators only; never with
+    several replicas."""
+    # Keras's fit compiles strategy.run itself, replicas included, as one XLA cluster, which
+    # XLA cannot place on several devices ("Trying to access resource ... located in device
+    # CPU:1 from device CPU:0"); Keras's own "auto" turns XLA off under tf.distribute too.
+    if replicas > 1:
+        return False
+    # XLA on CPU compiles for a minute and then trains slower; keep it for accelerators.
+    if jit_compile == "auto":
+        return "auto" if has_gpu() else False
+    return bool(jit_compile)
+
+
+def global_batch(batch_size: int, replicas: int) -> int:
+    """The batch size rounded up to a multiple of the replica count."""
+    # Keras's fit averages the first batch's per-replica shares to build the model, which
+    # fails when they differ in size (AddN: [4,...] != [3,...]).
+    return -(-batch_size // replicas) * replicas
+
+
+def whole_for_replicas(dataset, images: int, batch_size: int, replicas: int):
+    """The batched dataset without a last batch too small to give every replica an image."""
+    # An empty share fails on CPU ("input depth must be evenly divisible by filter depth").
+    last = images % batch_size
+    if replicas == 1 or last == 0 or last >= replicas:
+        return dataset
+    dataset = dataset.filter(lambda x, y: tf.shape(x)[0] >= replicas)
+    return dataset.apply(tf.data.experimental.assert_cardinality(images // batch_size))
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Set Keras's global dtype policy for the block, restoring the previous one afterwards."""
+    saved = keras.mixed_precision.dtype_policy().name
+    keras.mixed_precision.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(saved)
