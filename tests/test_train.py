@@ -183,3 +183,15 @@ def test_resume_honours_an_asked_default_and_refuses_another(tmp_path):
         resume_config(run, TrainConfig(weights="x.h5"), asked=None)
     with pytest.raises(ValueError, match="unknown settings: colour"):
         resume_config(run, saved, asked={"colour"})
+
+
+def test_a_corrupt_training_image_stops_training_with_its_name(synth_copy, tmp_path):
+    from carvana.files import DataError
+
+    root = synth_copy("folders")
+    data = CarvanaData(root)
+    bad = root / "train" / f"{data.train_ids()[5]}.jpg"
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])  # header intact, data cut
+    with pytest.raises(DataError, match=rf"{bad.name}") as err:
+        train(CarvanaData(root), TINY.replace(epochs=1), tmp_path / "run", verbose=0)
+    assert "\n" not in str(err.value)

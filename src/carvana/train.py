@@ -186,6 +186,7 @@ def train(
     present (`asked`: the fields the user set; None: all). `strategy` defaults to
     pick_strategy(), `precision` ("auto", "float32", "mixed_float16") to mixed precision on a
     GPU. Returns best_val_dice, best_epoch, epochs_run, seconds_per_epoch, params, ..."""
+    from carvana.inputs import named_data_errors
     from carvana.models import count_params
 
     run_dir, began, log = Path(run_dir), time.perf_counter(), print if verbose else None
@@ -213,15 +214,16 @@ def train(
         (run_dir / "evaluation.json").unlink(missing_ok=True)
         train_ds, val_ds, calibration = _inputs(data, train_ids, val_ids, fed, replicas)
         own = make_callbacks(run_dir, config, state, export, monitor, calibration, log)
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.epochs,
-            initial_epoch=state.epoch,
-            callbacks=[*own, *(callbacks or [])],
-            verbose=2 if verbose >= 2 else 0,
-            shuffle=False,  # the dataset shuffles itself
-        )
+        with named_data_errors():  # a bad training image: its name, in one line
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=config.epochs,
+                initial_epoch=state.epoch,
+                callbacks=[*own, *(callbacks or [])],
+                verbose=2 if verbose >= 2 else 0,
+                shuffle=False,  # the dataset shuffles itself
+            )
     return _summary(run_dir, config, state, export, monitor, began, count_params(export))
 
 
