@@ -98,3 +98,73 @@ def test_light_verbs_do_not_load_tensorflow(synth_dirs, tmp_path):
         "sys.exit(3 if 'tensorflow' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train", "--out", "r", "--batch-size", "0"], "setting batch_size must be at least 1"),
+        (["train", "--out", "r", "--epochs", "0"], "setting epochs must be at least 1"),
+        (["train", "--out", "r", "--val-fraction", "1.5"], "setting val_fraction must be in"),
+        (["predict", "--run", "r", "--workers", "0"], "setting workers must be between 1"),
+        (["predict", "--run", "r", "--shard", "4/4"], "setting shard must be i/n"),
+        (["predict", "--run", "r", "--limit", "-1"], "setting limit must be 0 (all) or more"),
+    ],
+)
+def test_out_of_range_settings_are_one_line(
+    synth_dirs, tmp_path, capsys, monkeypatch, args, fragment
+):
+    monkeypatch.delenv("CARVANA_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--data", str(synth_dirs["folders"])]) == 2
+    _assert_one_line_error(capsys, fragment)
+
+
+@pytest.mark.parametrize("args", [["--batch-size", "x"], ["--image-size", "0x5"]])
+def test_unparsable_settings_are_argparse_errors(capsys, args):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", "r", *args])
+    assert exit_info.value.code == 2
+    assert "argument --" in capsys.readouterr().err
+
+
+def test_tensorflow_start_up_lines_are_held_back(synth_dirs, tmp_path):
+    import os
+    import subprocess
+
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "CARVANA_DEBUG")
+    }
+    command = [sys.executable, "-m", "carvana.cli", "predict", "--data", str(synth_dirs["folders"])]
+    run = subprocess.run(
+        [*command, "--run", str(tmp_path / "none"), "--shard", "4/4"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "carvana: error: setting shard must be i/n with 0 <= i < n, got '4/4'"
+    ]
+
+
+@pytest.mark.slow
+def test_train_through_the_cli_then_resume_with_an_asked_default(synth_dirs, tmp_path, capsys):
+    from carvana.config import TrainConfig
+
+    run = tmp_path / "run"
+    base = ["train", "--data", str(synth_dirs["folders"]), "--out", str(run), "--model", "cnn"]
+    tiny = ["--image-size", "32x48", "--epochs", "1", "--max-cars", "3", "--augment", "off"]
+    assert main([*base, *tiny, "--batch-size", "8"]) == 0
+    assert "best validation Dice" in capsys.readouterr().out
+    saved = TrainConfig.load(run)
+    assert (saved.model, saved.image_size, saved.batch_size, saved.augment) == (
+        "cnn",
+        (32, 48),
+        8,
+        False,
+    )
+    # The default batch size, asked for explicitly, differs from the run's: refused, not ignored.
+    assert main([*base, *tiny, "--batch-size", "16"]) == 2
+    assert "batch_size" in capsys.readouterr().err

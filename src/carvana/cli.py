@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+TENSORFLOW_COMMANDS = ("train", "evaluate", "predict", "dry-run")
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
 
 
@@ -88,10 +89,12 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from carvana.evaluate import evaluate
 
-    result = evaluate(_data(args), Path(args.run), Path(args.out), worst=args.worst)
+    runs = [Path(r) for r in args.run]
+    result = evaluate(_data(args), runs, Path(args.out), worst=args.worst, threshold=args.threshold)
     print(
-        f"full-resolution mean Dice {result['dice']:.4f}, pixel accuracy {result['accuracy']:.4f}"
-        f"  report: {result['report']}"
+        f"full-resolution mean Dice {result['dice']:.4f} at threshold {result['threshold']} "
+        f"({result['threshold_source']}; {result['dice_at_0.5']:.4f} at 0.5), pixel accuracy "
+        f"{result['accuracy']:.4f}  report: {result['report']}"
     )
     return 0
 
@@ -108,8 +111,9 @@ def cmd_predict(args) -> int:
     from carvana.predict import predict
 
     config = PredictConfig(**given_settings(args, PredictConfig))
+    runs = [Path(r) for r in args.run]
     summary = predict(
-        _data(args), Path(args.run), Path(args.out), config, allow_bad_images=args.allow_bad_images
+        _data(args), runs, Path(args.out), config, allow_bad_images=args.allow_bad_images
     )
     return 0 if summary["ok"] else 1
 
@@ -224,19 +228,28 @@ def _add_data_verbs(sub) -> None:
 
 def _add_model_verbs(sub) -> None:
     """Sub-commands of the model stages: train, evaluate, compare, predict, dry-run."""
-    from carvana.config import PredictConfig, TrainConfig, add_arguments
+    from carvana.config import PredictConfig, TrainConfig, add_arguments, cli_fields
 
     p = sub.add_parser("train", help="train a model into a run folder")
     _add_data(p)
+    p.add_argument("--out", required=True, help="run folder (config.json, model.keras, ...)")
     add_arguments(p, TrainConfig)
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="full-resolution Dice of a run on its validation cars")
     _add_data(p)
-    p.add_argument("--run", required=True, help="run folder made by train")
+    p.add_argument(
+        "--run",
+        required=True,
+        action="append",
+        help="run folder made by train; several: their ensemble, on the validation cars they share",
+    )
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--worst", type=int, default=6, help="worst images shown as panels")
+    others = [f.name for f in cli_fields(PredictConfig) if f.name != "threshold"]
+    add_arguments(p, PredictConfig, skip=others)
+    p.set_defaults(threshold=None)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="comparison table of several evaluated runs")
@@ -246,7 +259,12 @@ def _add_model_verbs(sub) -> None:
 
     p = sub.add_parser("predict", help="stream the test set into a submission csv.gz")
     _add_data(p)
-    p.add_argument("--run", required=True, help="run folder made by train")
+    p.add_argument(
+        "--run",
+        required=True,
+        action="append",
+        help="run folder made by train; several: their ensemble (mean of the full-size maps)",
+    )
     p.add_argument("--out", default="submission/submission.csv.gz")
     add_arguments(p, PredictConfig)
     p.add_argument(
@@ -328,11 +346,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up lines held back (they go straight to file
+    descriptor 2, before TF_CPP_MIN_LOG_LEVEL is read); shown when the import fails."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as held:
+            os.dup2(held.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            except BaseException:
+                os.dup2(saved, 2)
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
+                raise
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `carvana` command; user errors exit 2 with one line."""
     # TensorFlow's C++ start-up log is noise to a user; their own setting wins.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2") in ("2", "3")
     args = build_parser().parse_args(argv)
+    if quiet and args.command in TENSORFLOW_COMMANDS and "tensorflow" not in sys.modules:
+        _import_tensorflow_quietly()
     if args.command == "kernels" and args.action != "build" and len(args.names) != 1:
         build_parser().error(f"kernels {args.action} needs exactly one kernel name")
     try:
