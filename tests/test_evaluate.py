@@ -13,6 +13,7 @@ from carvana.evaluate import compare, epochs_to, evaluate
 from carvana.files import ANGLES, CarvanaData
 from carvana.inputs import crop_to_image, decode_image
 from carvana.models import load_model
+from carvana.thresholds import GRID, THRESHOLDS_FILE
 from carvana.train import train
 
 TINY = TrainConfig(
@@ -55,18 +56,54 @@ def test_full_resolution_dice_recomputed_by_hand(evaluated):
     prob = tf.sigmoid(load_model(run)(tf.cast(x, tf.float32), training=False))
     prob = crop_to_image(prob, config).numpy()[0, ..., 0]
     up = cv2.resize(prob, (192, 128), interpolation=cv2.INTER_LINEAR)
-    expected = rle.dice(up > 0.5, data.read_mask(image_id))
+    expected = rle.dice(up > result["threshold"], data.read_mask(image_id))
     got = {
         r["id"]: r["dice"] for r in json.loads((run / "evaluation.json").read_text())["per_image"]
     }
     assert got[image_id] == pytest.approx(expected, abs=0.01)
 
 
-@pytest.mark.slow
-def test_compare_lists_both_runs(evaluated, tmp_path):
-    data, run, base, result = evaluated
+@pytest.fixture(scope="module")
+def short_run(evaluated):
+    data, _, base, _ = evaluated
     other = base / "cnn-short"
     train(data, TINY.replace(epochs=1, learning_rate=1e-3), other, resume=False, verbose=0)
+    return other
+
+
+@pytest.mark.slow
+def test_training_tunes_the_threshold_that_evaluate_uses(evaluated):
+    data, run, base, result = evaluated
+    tuned = json.loads((run / THRESHOLDS_FILE).read_text())
+    assert tuned["images"] == 16 and len(tuned["grid"]) == len(GRID)
+    assert tuned["dice"] == pytest.approx(max(tuned["grid"].values()), abs=1e-6)
+    assert tuned["dice"] >= tuned["dice_at_0.5"]
+    assert result["threshold"] == tuned["threshold"]
+    assert result["threshold_source"] == "tuned on validation"
+    assert result["dice"] == pytest.approx(tuned["grid"][f"{tuned['threshold']:.2f}"], abs=1e-6)
+    assert result["dice_at_0.5"] == pytest.approx(tuned["dice_at_0.5"], abs=1e-6)
+    given = evaluate(data, run, base / "at-0.5", worst=0, threshold=0.5)
+    assert given["dice"] == pytest.approx(tuned["dice_at_0.5"], abs=1e-6)
+    assert given["threshold_source"] == "given"
+
+
+@pytest.mark.slow
+def test_evaluate_of_an_ensemble_reports_a_dice(evaluated, short_run):
+    data, run, base, result = evaluated
+    itself = evaluate(data, [run, run], base / "twice", worst=1)
+    assert itself["dice"] == pytest.approx(result["dice"]) and itself["images"] == 16
+    pair = evaluate(data, [run, short_run], base / "pair", worst=1)
+    assert 0.0 < pair["dice"] <= 1.0 and pair["model"] == "cnn+cnn"
+    assert pair["run"] == [str(run), str(short_run)]
+    assert json.loads((base / "pair" / "evaluation.json").read_text())["dice"] == pair["dice"]
+    assert not (short_run / "evaluation.json").exists()  # an ensemble describes no one run
+    assert "Ensemble (mean of the maps)" in pair["report"].read_text()
+
+
+@pytest.mark.slow
+def test_compare_lists_both_runs(evaluated, short_run, tmp_path):
+    data, run, base, result = evaluated
+    other = short_run
     table = compare([run, other], out=tmp_path / "comparison.md", target=0.5)
     lines = table.splitlines()
     assert (
@@ -74,7 +111,8 @@ def test_compare_lists_both_runs(evaluated, tmp_path):
         and "epochs to val Dice >= 0.5" in lines[0]
     )
     assert len(lines) == 4
-    assert lines[2].startswith(f"| cnn-run | cnn | {result['dice']:.5f}")
+    latest = json.loads((run / "evaluation.json").read_text())["dice"]  # the run's last one
+    assert lines[2].startswith(f"| cnn-run | cnn | {latest:.5f}")
     assert "| cnn-short | cnn | not evaluated |" in lines[3] and "284,241" in lines[3]
     assert (tmp_path / "comparison.md").read_text().count("| cnn-") == 2
 

@@ -335,8 +335,19 @@ def test_find_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="CARVANA_RUN"):
         kernel_runtime.find_run(inputs)
     assert kernel_runtime.find_run(inputs, name="mobilenet") == runs[1]
+    # the predict kernel: every attached run (an ensemble), or those CARVANA_RUN names
+    assert kernel_runtime.find_runs(inputs) == runs
+    assert kernel_runtime.find_runs(inputs, ["mobilenet", "cnn"]) == [runs[1], runs[0]]
+    with pytest.raises(FileNotFoundError, match="exactly one 'seed7' matching"):
+        kernel_runtime.find_runs(inputs, ["cnn", "seed7"])
+    with pytest.raises(FileNotFoundError, match="exactly one 'train' matching"):
+        kernel_runtime.find_runs(inputs, ["train"])
     shutil.rmtree(runs[0])
     assert kernel_runtime.find_run(inputs) == runs[1]
+    assert kernel_runtime.find_runs(inputs) == [runs[1]]
+    shutil.rmtree(runs[1])
+    with pytest.raises(FileNotFoundError, match="need at least one run folder"):
+        kernel_runtime.find_runs(inputs)
 
 
 # -- end to end: the built scripts on a fake /kaggle -----------------------------------------

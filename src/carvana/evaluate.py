@@ -1,10 +1,12 @@
 """Evaluation at the competition's resolution, and a comparison table of several runs.
 
-`evaluate` predicts a run's validation cars with the same streaming engine as the test-set
-prediction (carvana.predict.predict_masks: model-size probabilities upsampled with cv2
-INTER_LINEAR to the original size, thresholded at 0.5), scores each image with rle.dice, and
+`evaluate` predicts a run's validation cars (or an ensemble's shared ones) with the same
+streaming engine as the test-set prediction (carvana.inference: model-size probabilities
+upsampled with cv2 INTER_LINEAR to the original size, the runs' maps averaged, thresholded at
+the run's tuned threshold unless one is given), scores each image's Dice and pixel accuracy
+from histograms of its map (carvana.thresholds.image_scores, so Dice at 0.5 comes too), and
 writes a markdown report with Dice per angle and panels of the worst images; the figures also
-go to RUN_DIR/evaluation.json, which `compare` reads.
+go to RUN_DIR/evaluation.json (one run), which `compare` reads.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from carvana import rle
 from carvana.config import PredictConfig, TrainConfig
 from carvana.files import ANGLES, DataError, car_id
 from carvana.files import angle as angle_of
 from carvana.markdown import markdown_table
+from carvana.thresholds import DEFAULT_THRESHOLD, image_scores, level, run_threshold
 
 EVALUATION_FILE = "evaluation.json"
 REPORT_FILE = "report.md"
@@ -61,105 +63,160 @@ def save_panel(
     return path
 
 
-def evaluate(data, run_dir: Path, out: Path, worst: int = 6, batch_size: int = 16) -> dict:
-    """Full-resolution mean Dice and pixel accuracy of a run on its validation cars; writes
-    out/report.md, out/worst_*.png and run_dir/evaluation.json. Returns dice, accuracy, report,
-    per_angle, images, worst."""
-    from carvana.inference import predict_masks
-    from carvana.models import count_params, load_model
-
-    run_dir, out = Path(run_dir), Path(out)
-    config = TrainConfig.load(run_dir)
-    if not config.val_cars:
+def validation_ids(data, run_dirs: list[Path]) -> list[str]:
+    """Image ids of the validation cars the runs share (an ensemble is scored on the cars none
+    of its runs trained on); every one of them must be in `data`."""
+    cars = None
+    for run_dir in run_dirs:
+        config = TrainConfig.load(run_dir)
+        if not config.val_cars:
+            raise ValueError(
+                f"{Path(run_dir) / 'config.json'}: the run has no validation cars (val_fraction "
+                "0); train with --val-fraction > 0 to evaluate"
+            )
+        cars = set(config.val_cars) if cars is None else cars & set(config.val_cars)
+    if not cars:
         raise ValueError(
-            f"{run_dir / 'config.json'}: the run has no validation cars (val_fraction 0); "
-            "train with --val-fraction > 0 to evaluate"
+            f"{', '.join(map(str, run_dirs))}: the runs share no validation car; train them "
+            "with the same --seed and --val-fraction to evaluate them as an ensemble"
         )
-    cars = set(config.val_cars)
     ids = [i for i in data.train_ids() if car_id(i) in cars]
     missing = cars - {car_id(i) for i in ids}
     if missing:
         raise DataError(
-            f"{data.root}: validation car(s) of {run_dir} not in this dataset: "
-            f"{', '.join(sorted(missing)[:5])}"
+            f"{data.root}: validation car(s) of {', '.join(map(str, run_dirs))} not in this "
+            f"dataset: {', '.join(sorted(missing)[:5])}"
         )
-    model = load_model(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    return ids
+
+
+def true_mask(data, image_id: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The training mask of `image_id`, checked to have the predicted map's shape."""
+    true = data.read_mask(image_id)
+    if true.shape != tuple(shape):
+        raise DataError(
+            f"{data.masks.where(data.mask_name(image_id))}: mask is {true.shape[1]}x"
+            f"{true.shape[0]} but its image is {shape[1]}x{shape[0]}"
+        )
+    return true
+
+
+def _score_images(data, members, ids, cuts, batch_size: int, worst: int):
+    """(per-image rows, the `worst` lowest as (-dice, id, level map), seconds): Dice and pixel
+    accuracy at cuts[0], Dice at cuts[1] too, of the members' mean map."""
+    from carvana.inference import predict_levels
+
     pconfig = PredictConfig(batch_size=batch_size, workers=2)
     items = ((f"{i}.jpg", data.read_train_bytes(i)) for i in ids)
-
     began = time.perf_counter()
-    rows, lowest = [], []  # lowest: heap of (-dice, id, predicted mask), the `worst` kept
-    for name, pred in predict_masks(model, config, items, pconfig):
+    rows, lowest = [], []  # lowest: a heap of the `worst` kept
+    for name, levels in predict_levels(members, items, pconfig):
         image_id = name[: -len(".jpg")]
-        if pred is None:
+        if levels is None:
             raise DataError(f"{data.train.where(name)}: not a readable JPEG image")
-        true = data.read_mask(image_id)
-        if true.shape != pred.shape:
-            raise DataError(
-                f"{data.masks.where(data.mask_name(image_id))}: mask is {true.shape[1]}x"
-                f"{true.shape[0]} but its image is {pred.shape[1]}x{pred.shape[0]}"
-            )
-        dice = rle.dice(pred, true)
-        rows.append({"id": image_id, "dice": dice, "accuracy": float(np.mean(pred == true))})
+        dice, accuracy = image_scores(levels, true_mask(data, image_id, levels.shape), cuts)
+        rows.append({"id": image_id, "dice": float(dice[0]), "accuracy": float(accuracy[0])})
+        rows[-1]["dice_at_0.5"] = float(dice[1])
         if worst > 0:
-            heapq.heappush(lowest, (-dice, image_id, pred))
+            heapq.heappush(lowest, (-float(dice[0]), image_id, levels))
             if len(lowest) > worst:
                 heapq.heappop(lowest)
-    seconds = time.perf_counter() - began
+    return rows, lowest, time.perf_counter() - began
 
-    dice = float(np.mean([r["dice"] for r in rows]))
-    accuracy = float(np.mean([r["accuracy"] for r in rows]))
+
+def _panels(data, out: Path, lowest: list, cut: int) -> list[dict]:
+    for stale in out.glob("worst_*.png"):  # panels of an earlier evaluation into this folder
+        stale.unlink()
+    panels = []
+    for rank, (neg, image_id, levels) in enumerate(sorted(lowest, reverse=True), 1):
+        path = out / f"worst_{rank:02d}_{image_id}.png"
+        image, true = data.read_pair(image_id)
+        pred = (levels > cut).astype(np.uint8)
+        save_panel(image, true, pred, f"{image_id}: Dice {-neg:.4f}", path)
+        panels.append({"id": image_id, "dice": -neg, "panel": path.name})
+    return panels
+
+
+def _per_angle(rows: list[dict]) -> dict:
     per_angle = {}
     for angle in ANGLES:
         scores = [r["dice"] for r in rows if angle_of(r["id"]) == angle]
         if scores:
             per_angle[angle] = {"dice": float(np.mean(scores)), "images": len(scores)}
+    return per_angle
 
-    for stale in out.glob("worst_*.png"):  # panels of an earlier evaluation into this folder
-        stale.unlink()
-    panels = []
-    for rank, (neg, image_id, pred) in enumerate(sorted(lowest, reverse=True), 1):
-        path = out / f"worst_{rank:02d}_{image_id}.png"
-        image, true = data.read_pair(image_id)
-        save_panel(image, true, pred, f"{image_id}: Dice {-neg:.4f}", path)
-        panels.append({"id": image_id, "dice": -neg, "panel": path.name})
 
+def evaluate(
+    data,
+    run_dir,
+    out: Path,
+    worst: int = 6,
+    batch_size: int = 16,
+    threshold: float | None = None,
+) -> dict:
+    """Full-resolution mean Dice and pixel accuracy of a run (or of the ensemble of a list of
+    runs: their maps averaged) on its validation cars, at `threshold` (None: the run's tuned
+    one, or the mean of the runs'); writes out/report.md, out/worst_*.png and
+    out/evaluation.json (and RUN_DIR/evaluation.json for one run). Returns dice, accuracy, report,
+    per_angle, images, worst, threshold, dice_at_0.5."""
+    from carvana.models import count_params, load_model
+
+    run_dirs = [Path(run_dir)] if isinstance(run_dir, (str, Path)) else list(map(Path, run_dir))
+    out = Path(out)
+    ids = validation_ids(data, run_dirs)
+    configs = [TrainConfig.load(r) for r in run_dirs]
+    members = [(load_model(r), c) for r, c in zip(run_dirs, configs, strict=True)]
+    threshold, source = run_threshold(run_dirs, threshold)
+    out.mkdir(parents=True, exist_ok=True)
+    cuts = [len(members) * level(t) for t in (threshold, DEFAULT_THRESHOLD)]
+    rows, lowest, seconds = _score_images(data, members, ids, cuts, batch_size, worst)
     report = out / REPORT_FILE
     result = {
-        "run": str(run_dir),
-        "model": config.model,
-        "dice": dice,
-        "accuracy": accuracy,
+        "run": str(run_dirs[0]) if len(run_dirs) == 1 else [str(r) for r in run_dirs],
+        "model": "+".join(c.model for c in configs),
+        "dice": float(np.mean([r["dice"] for r in rows])),
+        "accuracy": float(np.mean([r["accuracy"] for r in rows])),
+        "dice_at_0.5": float(np.mean([r.pop("dice_at_0.5") for r in rows])),
         "images": len(rows),
-        "cars": len(cars),
-        "threshold": pconfig.threshold,
-        "original_size": list(config.original_size),
-        "image_size": list(config.image_size),
-        "params": count_params(model),
-        "per_angle": per_angle,
-        "worst": panels,
+        "cars": len({car_id(i) for i in ids}),
+        "threshold": threshold,
+        "threshold_source": source,
+        "original_size": list(configs[0].original_size),
+        "image_size": list(configs[0].image_size),
+        "params": sum(count_params(m) for m, _ in members),
+        "members": [
+            {"run": str(r), "model": c.model, "image_size": list(c.image_size)}
+            for r, c in zip(run_dirs, configs, strict=True)
+        ],
+        "per_angle": _per_angle(rows),
+        "worst": _panels(data, out, lowest, cuts[0]),
         "seconds": round(seconds, 2),
         "report": str(report),
     }
     report.write_text(_report(result, rows))
-    for target in (run_dir / EVALUATION_FILE, out / EVALUATION_FILE):
+    # An ensemble's figures describe no one run: only its report folder gets them.
+    targets = [out] if len(run_dirs) > 1 else [out, run_dirs[0]]
+    for target in (folder / EVALUATION_FILE for folder in targets):
         target.write_text(json.dumps({**result, "per_image": rows}, indent=1) + "\n")
     return {**result, "report": report}
 
 
 def _report(result: dict, rows: list[dict]) -> str:
     h, w = result["original_size"]
-    sh, sw = result["image_size"]
+    models = ", ".join(
+        f"`{m['model']}` at {m['image_size'][0]}x{m['image_size'][1]}" for m in result["members"]
+    )
+    what = "Model" if len(result["members"]) == 1 else "Ensemble (mean of the maps) of"
     lines = [
         f"# Evaluation of `{result['run']}`",
         "",
-        f"Model `{result['model']}` ({result['params']:,} parameters), input {sh}x{sw}, "
-        f"probabilities upsampled to {h}x{w} (cv2 bilinear) and thresholded at "
-        f"{result['threshold']}; {result['images']} images of {result['cars']} validation "
-        f"car(s), {result['seconds']:.1f} s.",
+        f"{what} {models} ({result['params']:,} parameters), probabilities upsampled to "
+        f"{h}x{w} (cv2 bilinear) and thresholded at {result['threshold']} "
+        f"({result['threshold_source']}); {result['images']} images of {result['cars']} "
+        f"validation car(s), {result['seconds']:.1f} s.",
         "",
         f"- **Mean Dice at full resolution: {result['dice']:.5f}**",
+        f"- Mean Dice at threshold 0.5: {result['dice_at_0.5']:.5f}",
         f"- Pixel accuracy: {result['accuracy']:.5f}",
         f"- Lowest image Dice: {min(r['dice'] for r in rows):.5f}",
         "",

@@ -1,15 +1,18 @@
-"""Model inference: JPEG bytes -> model -> full-resolution masks (or their RLE), streamed.
+"""Model inference: JPEG bytes -> model(s) -> full-resolution masks (or their RLE), streamed.
 
-`predict_masks` is the engine that the test-set run (carvana.predict) and the evaluation use.
-Three stages, each handing typed items to the next through carvana.readahead:
+`predict_masks` (one model) and `predict_ensemble` (several runs, each with its own geometry)
+are the engine that the test-set run (carvana.predict) and the evaluation use; `predict_levels`
+gives the full-size probability maps instead (threshold tuning, evaluation). Three stages, each
+handing typed items to the next through carvana.readahead:
 1. read: the caller's (name, JPEG bytes) items are walked in a thread of ours and each JPEG's
    header is read (the full size to upscale to) -> `Probe`;
-2. model: a tf.data pipeline decodes the readable ones at the model's geometry in parallel,
-   the model runs on batches -> `Scored` (a uint8 probability map, or why there is none);
-3. finish: a few threads upsample each map to its image's size with cv2, threshold it and
-   RLE-encode it -> `Prediction`.
+2. model: a tf.data pipeline decodes the readable ones at each model's geometry in parallel,
+   every model runs on each batch -> `Scored` (a uint8 probability map per model, or why there
+   is none);
+3. finish: a few threads upsample each map to its image's size with cv2, average the models'
+   maps, threshold and RLE-encode -> `Prediction`.
 Results come back in input order, at most a few batches in flight, so memory does not depend
-on the number of images.
+on the number of images (nor on the number of models beyond one map per model and image).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from carvana.config import PredictConfig, TrainConfig
 from carvana.files import DataError, jpeg_size
 from carvana.inputs import crop_to_image, decode_image, tf_message
 from carvana.readahead import ReadAhead
+from carvana.thresholds import DEFAULT_THRESHOLD, level
 
 
 class Probe(NamedTuple):
@@ -45,17 +49,18 @@ class Probe(NamedTuple):
 
 
 class Scored(NamedTuple):
-    """A model output: the uint8 probability map*255 (h, w) at the model's image size and the
-    full size to upscale it to; or, for an unreadable image, None and the reason."""
+    """The models' outputs: one uint8 probability map*255 (h, w) per model at its image size
+    and the full size to upscale them to; or, for an unreadable image, None and the reason."""
 
     name: str
-    prob: np.ndarray | None
+    probs: tuple[np.ndarray, ...] | None
     size: tuple[int, int] | None
     error: str | None
 
 
 class Prediction(NamedTuple):
-    """One image's result: its full-size uint8 0/1 mask (or its RLE), None when unreadable."""
+    """One image's result: its full-size uint8 0/1 mask (or its RLE, or its level map from
+    `predict_levels`), None when unreadable."""
 
     name: str
     mask: np.ndarray | str | None
@@ -102,7 +107,7 @@ def upscale_mask(prob: np.ndarray, size: tuple[int, int], threshold: float) -> n
     """uint8 probabilities*255 (h, w) -> full-size uint8 0/1 mask: cv2 bilinear, then > t*255."""
     up = cv2.resize(prob, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
     # Integers: up > t*255 is up > floor(t*255); cv2.threshold floors its threshold the same way.
-    return cv2.threshold(up, int(np.floor(threshold * 255)), 1, cv2.THRESH_BINARY, dst=up)[1]
+    return cv2.threshold(up, level(threshold), 1, cv2.THRESH_BINARY, dst=up)[1]
 
 
 _scratch = threading.local()
@@ -125,20 +130,52 @@ def postprocess(prob: np.ndarray, size: tuple[int, int], threshold: float, encod
     h, w = int(size[0]), int(size[1])
     up = _buffer("up", (h, w), np.uint8)
     cv2.resize(prob, (w, h), dst=up, interpolation=cv2.INTER_LINEAR)
-    cv2.threshold(up, int(np.floor(threshold * 255)), 1, cv2.THRESH_BINARY, dst=up)
+    cv2.threshold(up, level(threshold), 1, cv2.THRESH_BINARY, dst=up)
     return rle.encode(up)
 
 
-class _Finish:
-    """Stage 3 as a function of a Scored item (run in the read-ahead's pool threads)."""
+def upscale_levels(probs: tuple[np.ndarray, ...], size: tuple[int, int], out=None) -> np.ndarray:
+    """The models' uint8 maps, each upscaled to `size` (cv2 bilinear), summed: a fresh full-size
+    uint8 map for one model, a uint16 sum for several (their mean is sum / len(probs))."""
+    h, w = int(size[0]), int(size[1])
+    if len(probs) == 1 and out is None:
+        return cv2.resize(probs[0], (w, h), interpolation=cv2.INTER_LINEAR)
+    total = np.empty((h, w), np.uint16) if out is None else out
+    up = _buffer("up", (h, w), np.uint8)
+    for i, prob in enumerate(probs):
+        cv2.resize(prob, (w, h), dst=up, interpolation=cv2.INTER_LINEAR)
+        if i == 0:
+            np.copyto(total, up)
+        else:
+            np.add(total, up, out=total)
+    return total
 
-    def __init__(self, threshold: float, encode: bool):
+
+def postprocess_ensemble(probs, size: tuple[int, int], threshold: float, encode: bool):
+    """Several models' uint8 maps -> the full-size 0/1 mask (a fresh array) of their mean > t, or
+    its RLE. Summed upscaled uint8 maps against k * floor(t*255): a run with itself gives
+    exactly the run's own mask."""
+    h, w = int(size[0]), int(size[1])
+    total = upscale_levels(probs, size, out=_buffer("sum", (h, w), np.uint16))
+    car = np.greater(total, len(probs) * level(threshold), out=_buffer("car", (h, w), bool))
+    return rle.encode(car.view(np.uint8)) if encode else car.astype(np.uint8)
+
+
+class _Finish:
+    """Stage 3 as a function of a Scored item (run in the read-ahead's pool threads); with no
+    threshold, the level map of `upscale_levels`."""
+
+    def __init__(self, threshold: float | None, encode: bool):
         self.threshold, self.encode = threshold, encode
 
     def __call__(self, scored: Scored):
-        if scored.prob is None:
+        if scored.probs is None:
             return None
-        return postprocess(scored.prob, scored.size, self.threshold, self.encode)
+        if self.threshold is None:
+            return upscale_levels(scored.probs, scored.size)
+        if len(scored.probs) == 1:
+            return postprocess(scored.probs[0], scored.size, self.threshold, self.encode)
+        return postprocess_ensemble(scored.probs, scored.size, self.threshold, self.encode)
 
 
 # -- reading and decoding -----------------------------------------------------------------------
@@ -206,7 +243,7 @@ def _columns(fed: list[Probe]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p.index for p in fed], np.int64), np.array([p.data for p in fed], object)
 
 
-def _model_input(feed: _Feed, batch_size: int, decode) -> tf.data.Dataset:
+def _model_input(feed: _Feed, batch_size: int, decoders: list) -> tf.data.Dataset:
     dataset = tf.data.Dataset.from_generator(
         feed.batches,
         output_signature=(tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.string)),
@@ -216,7 +253,7 @@ def _model_input(feed: _Feed, batch_size: int, decode) -> tf.data.Dataset:
     return (
         dataset.unbatch()
         .map(
-            lambda i, data: (i, decode(data)),
+            lambda i, data: (i, tuple(decode(data) for decode in decoders)),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
@@ -236,17 +273,18 @@ def _unreadable(probe: Probe, decode) -> Scored:
         return Scored(probe.name, None, None, f"not a readable JPEG: {tf_message(err)}")
 
 
-def _scored(feed: _Feed, dataset: tf.data.Dataset, forward, decode) -> Iterator[Scored]:
-    """Stage 2: the model over the decoded batches, every input item in order."""
+def _scored(feed: _Feed, dataset: tf.data.Dataset, forwards, decode) -> Iterator[Scored]:
+    """Stage 2: every model over the decoded batches (`forwards`: (forward, index of its
+    geometry's images)), every input item in order."""
     with feed.ahead:
         for indices, images in dataset:
-            probs = forward(images).numpy()
-            for index, prob in zip(indices.numpy().tolist(), probs, strict=True):
+            outputs = [forward(images[g]).numpy() for forward, g in forwards]
+            for j, index in enumerate(indices.numpy().tolist()):
                 for probe in feed.until(index):
                     if probe.index < index:
                         yield _unreadable(probe, decode)
                     else:
-                        yield Scored(probe.name, prob, probe.size, None)
+                        yield Scored(probe.name, tuple(o[j] for o in outputs), probe.size, None)
         for probe in feed.until(None):
             yield _unreadable(probe, decode)
 
@@ -268,6 +306,40 @@ def _tuned_for_streaming() -> Iterator[None]:
 
 
 # -- the engine ---------------------------------------------------------------------------------
+def _geometry(config: TrainConfig) -> tuple:
+    """What decode_image depends on: runs that share it share the decoded images."""
+    return (tuple(config.image_size), tuple(config.padded_size), config.jpeg_ratio)
+
+
+def _stream(members, items, pconfig: PredictConfig, finish: _Finish, errors) -> Iterator:
+    """The three stages for `members` ((model, TrainConfig) pairs): Prediction per item."""
+    if not members:
+        raise ValueError("no model to predict with")
+    errors = {} if errors is None else errors
+    geometries = list(dict.fromkeys(_geometry(c) for _, c in members))
+    firsts = {g: next(c for _, c in members if _geometry(c) == g) for g in geometries}
+    decoders = [
+        tf.function(
+            lambda data, c=firsts[g]: decode_image(data, c),
+            input_signature=[tf.TensorSpec([], tf.string)],
+        )
+        for g in geometries
+    ]
+    forwards = [
+        (_cached_forward(m, c, pconfig.tta), geometries.index(_geometry(c))) for m, c in members
+    ]
+    feed = _Feed(items, pconfig.batch_size)
+    dataset = _model_input(feed, pconfig.batch_size, decoders)
+    scored = _scored(feed, dataset, forwards, decoders[0])
+    depth = max(pconfig.batch_size, 2 * pconfig.workers)
+    with _tuned_for_streaming(), ReadAhead(scored, finish, pconfig.workers, depth) as finished:
+        for done in finished:
+            name = done.item.name
+            if done.item.error is not None:
+                errors.setdefault(name, done.item.error)
+            yield Prediction(name, done.result())
+
+
 def predict_masks(
     model,
     config: TrainConfig,
@@ -279,18 +351,30 @@ def predict_masks(
     """Yield Prediction(name, full-size uint8 0/1 mask, or its RLE when `encode`) for each
     (name, JPEG bytes) item, in input order; an unreadable image yields (name, None) and its
     reason goes into `errors`. The size to upscale to is read from each JPEG's header."""
-    errors = {} if errors is None else errors
-    decode = tf.function(
-        lambda data: decode_image(data, config), input_signature=[tf.TensorSpec([], tf.string)]
-    )
-    feed = _Feed(items, pconfig.batch_size)
-    dataset = _model_input(feed, pconfig.batch_size, decode)
-    scored = _scored(feed, dataset, _cached_forward(model, config, pconfig.tta), decode)
-    finish = _Finish(pconfig.threshold, encode)
-    depth = max(pconfig.batch_size, 2 * pconfig.workers)
-    with _tuned_for_streaming(), ReadAhead(scored, finish, pconfig.workers, depth) as finished:
-        for done in finished:
-            name = done.item.name
-            if done.item.error is not None:
-                errors.setdefault(name, done.item.error)
-            yield Prediction(name, done.result())
+    return predict_ensemble([(model, config)], items, pconfig, encode, errors)
+
+
+def predict_ensemble(
+    members: list[tuple],
+    items: Iterable[tuple[str, bytes]],
+    pconfig: PredictConfig,
+    encode: bool = False,
+    errors: dict[str, str] | None = None,
+) -> Iterator[Prediction]:
+    """predict_masks for several (model, TrainConfig) members: each image goes through every
+    model at its own geometry; the mean of their full-size maps is thresholded at
+    pconfig.threshold (0.5 when None)."""
+    threshold = DEFAULT_THRESHOLD if pconfig.threshold is None else pconfig.threshold
+    return _stream(members, items, pconfig, _Finish(threshold, encode), errors)
+
+
+def predict_levels(
+    members: list[tuple],
+    items: Iterable[tuple[str, bytes]],
+    pconfig: PredictConfig,
+    errors: dict[str, str] | None = None,
+) -> Iterator[Prediction]:
+    """Prediction(name, full-size level map) per item: the sum of the members' upscaled uint8
+    probability maps (upscale_levels); a pixel is car at threshold t when its level is above
+    len(members) * floor(t*255)."""
+    return _stream(members, items, pconfig, _Finish(None, False), errors)

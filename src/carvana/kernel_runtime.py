@@ -93,22 +93,28 @@ def train_kernel(config) -> dict:
 
 
 def predict_kernel(config, run: str = "") -> dict:
-    """A predict kernel's job: the attached run (CARVANA_RUN picks one) predicts the test set
-    into working/submission.csv.gz (or submission-i-of-n.csv.gz for a shard), validated."""
+    """A predict kernel's job: the attached run, or the ensemble of the attached runs
+    (CARVANA_RUN or `run`: comma-separated parts of their paths; none: every attached run),
+    predicts the test set into working/submission.csv.gz (or submission-i-of-n.csv.gz), validated."""
     from carvana.config import from_env
     from carvana.files import CarvanaData, competition_dir, working_dir
     from carvana.predict import predict
 
     config, _ = from_env(config)
     announce_runtime(augment=False)
-    run_dir = find_run(name=os.environ.get("CARVANA_RUN", run))
+    names = [n.strip() for n in os.environ.get("CARVANA_RUN", run).split(",") if n.strip()]
+    run_dirs = find_runs(names=names)
     i, n = config.shard
     out = working_dir() / ("submission.csv.gz" if n == 1 else f"submission-{i}-of-{n}.csv.gz")
-    print(f"model: {run_dir}  output: {out}", flush=True)
+    if len(run_dirs) > 1:
+        how = "named by CARVANA_RUN" if names else "all attached runs, none named by CARVANA_RUN"
+        print(f"ensemble of {len(run_dirs)} runs ({how}): mean of their full-size maps")
+    print(f"model(s): {', '.join(map(str, run_dirs))}  output: {out}", flush=True)
     progress = os.environ.get("CARVANA_PROGRESS", "1") != "0"
-    summary = predict(CarvanaData(competition_dir()), run_dir, out, config, progress=progress)
+    summary = predict(CarvanaData(competition_dir()), run_dirs, out, config, progress=progress)
     print(
-        f"{out}: {summary['rows']} rows in {summary['seconds']} s, "
+        f"{out}: {summary['rows']} rows in {summary['seconds']} s at threshold "
+        f"{summary['threshold']} ({summary['threshold_source']}), "
         f"{len(summary['bad_images'])} unreadable image(s), {len(summary['problems'])} problem(s)"
     )
     if not summary["ok"]:
@@ -116,8 +122,8 @@ def predict_kernel(config, run: str = "") -> dict:
     return summary
 
 
-def find_run(root: str | Path | None = None, name: str = "") -> Path:
-    """The run folder (config.json + model.keras) a predict kernel got through kernel_sources."""
+def attached_runs(root: str | Path | None = None) -> tuple[Path, list[Path]]:
+    """(the input folder, the run folders (config.json + model.keras) attached under it)."""
     from carvana.config import CONFIG_FILE, MODEL_FILE
 
     inputs = Path(root) if root else kaggle_root() / "input"
@@ -127,13 +133,43 @@ def find_run(root: str | Path | None = None, name: str = "") -> Path:
         for c in s.rglob(CONFIG_FILE)
         if (c.parent / MODEL_FILE).is_file()
     )
+    return inputs, runs
+
+
+def _no_run(inputs: Path, runs: list[Path], wanted: str) -> FileNotFoundError:
+    from carvana.config import CONFIG_FILE, MODEL_FILE
+
+    found = ", ".join(str(r) for r in runs) or "none"
+    return FileNotFoundError(
+        f"{inputs}: need {wanted} run folder ({CONFIG_FILE} + {MODEL_FILE}) from a train "
+        f"kernel; found {found}. Add the train kernel to kernel_sources, or set CARVANA_RUN "
+        "to pick runs (comma-separated parts of their paths)"
+    )
+
+
+def find_runs(root: str | Path | None = None, names: list[str] | tuple = ()) -> list[Path]:
+    """The attached run folders a predict kernel uses: for each name, the one run whose path
+    under /kaggle/input contains it; with no names, every attached run (at least one)."""
+    inputs, runs = attached_runs(root)
+    if not names:
+        if not runs:
+            raise _no_run(inputs, runs, "at least one")
+        return runs
+    chosen = []
+    for name in names:
+        matching = [r for r in runs if name in r.relative_to(inputs).as_posix()]
+        if len(matching) != 1:
+            raise _no_run(inputs, runs, f"exactly one {name!r} matching")
+        chosen.append(matching[0])
+    return list(dict.fromkeys(chosen))
+
+
+def find_run(root: str | Path | None = None, name: str = "") -> Path:
+    """The one run folder (config.json + model.keras) a predict kernel got through
+    kernel_sources (`name`: part of its path, when several are attached)."""
+    inputs, runs = attached_runs(root)
     if name:
         runs = [r for r in runs if name in r.relative_to(inputs).as_posix()]
-    if len(runs) == 1:
-        return runs[0]
-    found = ", ".join(str(r) for r in runs) or "none"
-    raise FileNotFoundError(
-        f"{inputs}: need exactly one run folder ({CONFIG_FILE} + {MODEL_FILE}) from a train "
-        f"kernel{f' matching {name!r}' if name else ''}; found {found}. Add the train kernel "
-        "to kernel_sources, or set CARVANA_RUN to pick one"
-    )
+    if len(runs) != 1:
+        raise _no_run(inputs, runs, f"exactly one{f' {name!r} matching' if name else ''}")
+    return runs[0]

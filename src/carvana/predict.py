@@ -1,9 +1,10 @@
 """The test-set run: one shard of the test images -> RLE rows in a csv.gz, resumable.
 
-`predict` drives the engine (carvana.inference.predict_masks) over the test set: rows reach
-`<out>.partial` while the run goes, `<out>.partial.json` (a `ResumeState`) records what the
-rows depend on (`resume_key`: the model's content, the run folder, threshold, TTA, shard,
-limit) and the bad images found, and `<out>.lock` keeps a second run off the same output.
+`predict` drives the engine (carvana.inference.predict_ensemble) over the test set with one
+run or an ensemble of several (their full-size maps averaged), at the given threshold or the
+runs' tuned one (carvana.thresholds.run_threshold): rows reach `<out>.partial` while the run
+goes, `<out>.partial.json` (a `ResumeState`) records what the rows depend on (`resume_key`:
+the models' content, the run folders, threshold, TTA, shard, limit) and the bad images found, and `<out>.lock` keeps a second run off the same output.
 An interrupted run resumes with the same command; other settings are refused, never mixed in.
 At the end the partial file becomes `out` and is validated against the test set.
 """
@@ -22,8 +23,9 @@ from pathlib import Path
 
 from carvana.config import CONFIG_FILE, MODEL_FILE, PredictConfig, TrainConfig
 from carvana.files import DataError, atomic_write
-from carvana.inference import predict_masks
+from carvana.inference import predict_ensemble
 from carvana.submission import SubmissionWriter, image_shape, validate
+from carvana.thresholds import run_threshold
 
 
 def shard_names(names: Iterable[str], shard: tuple[int, int], limit: int = 0) -> list[str]:
@@ -245,14 +247,14 @@ def _progress(total: int, initial: int, out: Path, enabled: bool):
     )
 
 
-def _predict_rows(data, run_dir: Path, todo: list[str], rows: _PartialRows, pconfig, bar):
-    """Predict `todo` into rows; returns (images predicted, seconds without loading the model)."""
-    model, config = load_run(run_dir)
+def _predict_rows(data, run_dirs: list[Path], todo: list[str], rows: _PartialRows, pconfig, bar):
+    """Predict `todo` into rows; returns (images predicted, seconds without loading the models)."""
+    members = [load_run(r) for r in run_dirs]
     began = time.perf_counter()
     errors: dict[str, str] = {}
     predicted = 0
     items = _read_test_set(data, todo, errors)
-    for name, text in predict_masks(model, config, items, pconfig, True, errors):
+    for name, text in predict_ensemble(members, items, pconfig, True, errors):
         bad = None if text is not None else errors.get(name, "unreadable")
         if bad is not None:
             bar.write(f"bad image {name}: {bad}", file=sys.stderr)
@@ -264,7 +266,7 @@ def _predict_rows(data, run_dir: Path, todo: list[str], rows: _PartialRows, pcon
     return predicted, time.perf_counter() - began
 
 
-def _write_out(data, run_dir, out, names, state, pconfig, progress) -> tuple[int, int, float]:
+def _write_out(data, run_dirs, out, names, state, pconfig, progress) -> tuple[int, int, float]:
     """Write every row into the partial file, then make it `out`: (predicted, resumed, s)."""
     state.save()
     rows = _PartialRows(out, names, state)
@@ -274,7 +276,7 @@ def _write_out(data, run_dir, out, names, state, pconfig, progress) -> tuple[int
     predicted, seconds = 0, 0.0
     try:
         if todo:
-            predicted, seconds = _predict_rows(data, run_dir, todo, rows, pconfig, bar)
+            predicted, seconds = _predict_rows(data, run_dirs, todo, rows, pconfig, bar)
     finally:  # interrupted too: the rows computed so far are kept for the resume
         rows.close()
         bar.close()
@@ -287,16 +289,23 @@ def _write_out(data, run_dir, out, names, state, pconfig, progress) -> tuple[int
 
 def predict(
     data,
-    run_dir: Path,
+    run_dir,
     out: Path,
     pconfig: PredictConfig,
     allow_bad_images: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Predict this shard of the test set into `out` (gzip CSV), resuming `<out>.partial` when
-    present; validate the result. "ok" is false when bad images (unless allowed) or problems."""
-    run_dir, out = Path(run_dir), Path(out)
-    TrainConfig.load(run_dir)  # a clear error before anything is written
+    """Predict this shard of the test set into `out` (gzip CSV) with a run folder, or with the
+    ensemble of a list of them, resuming `<out>.partial` when present; validate the result.
+    "ok" is false when bad images (unless allowed) or problems."""
+    run_dirs = [Path(run_dir)] if isinstance(run_dir, (str, Path)) else list(map(Path, run_dir))
+    out = Path(out)
+    if not run_dirs:
+        raise ValueError("predict needs at least one run folder")
+    for folder in run_dirs:
+        TrainConfig.load(folder)  # a clear error before anything is written
+    threshold, source = run_threshold(run_dirs, pconfig.threshold)
+    pconfig = pconfig.replace(threshold=threshold)
     names = shard_names(data.test_names(), pconfig.shard, pconfig.limit)
     if not names:
         raise DataError(
@@ -305,12 +314,12 @@ def predict(
     out.parent.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     with OutputLock(out):
-        state = _resume_state(out, resume_key([run_dir], pconfig))
+        state = _resume_state(out, resume_key(run_dirs, pconfig))
         predicted = resumed = 0
         seconds = 0.0
         if not state.finished:
             predicted, resumed, seconds = _write_out(
-                data, run_dir, out, names, state, pconfig, progress
+                data, run_dirs, out, names, state, pconfig, progress
             )
         problems = validate(out, expected_names=names, shape=image_shape(data))
         state.path.unlink(missing_ok=True)
@@ -327,6 +336,9 @@ def predict(
         "problems": problems,
         "seconds": round(time.perf_counter() - began, 2),
         "images_per_s": round(predicted / seconds, 2) if seconds > 0 else 0.0,
+        "runs": [str(r) for r in run_dirs],
+        "threshold": threshold,
+        "threshold_source": source,
     }
     if progress:
         _print_summary(summary, allow_bad_images)
@@ -339,7 +351,8 @@ def _print_summary(summary: dict, allow_bad_images: bool) -> None:
     print(
         f"{summary['path']}: {summary['rows']} rows ({summary['predicted']} predicted now, "
         f"{summary['resumed']} resumed) in {summary['seconds']:.1f} s, "
-        f"{summary['images_per_s']:.1f} img/s"
+        f"{summary['images_per_s']:.1f} img/s; {len(summary['runs'])} run(s), threshold "
+        f"{summary['threshold']} ({summary['threshold_source']})"
     )
     bad = summary["bad_images"]
     if bad:
