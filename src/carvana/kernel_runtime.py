@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from carvana.files import COMPETITION, kaggle_root
@@ -62,6 +64,20 @@ def announce_runtime(augment: bool) -> None:
         raise SystemExit(f"carvana: {err}") from None
 
 
+@contextmanager
+def user_errors():
+    """Bad input (a missing file, a corrupt image, a setting out of range) ends the kernel with
+    the kit's one line, as the CLI does, instead of a traceback; CARVANA_DEBUG=1 shows it."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
+        if os.environ.get("CARVANA_DEBUG"):
+            raise
+        print(f"carvana: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+@user_errors()
 def train_kernel(config) -> dict:
     """A train kernel's job: train `config` (CARVANA_<FIELD> overrides) into working/run,
     evaluate on the validation cars unless CARVANA_EVALUATE=0, write train-summary.json."""
@@ -92,6 +108,7 @@ def train_kernel(config) -> dict:
     return summary
 
 
+@user_errors()
 def predict_kernel(config, run: str = "") -> dict:
     """A predict kernel's job: the attached run, or the ensemble of the attached runs
     (CARVANA_RUN or `run`: comma-separated parts of their paths; none: every attached run),
