@@ -195,3 +195,25 @@ def test_a_corrupt_training_image_stops_training_with_its_name(synth_copy, tmp_p
     with pytest.raises(DataError, match=rf"{bad.name}") as err:
         train(CarvanaData(root), TINY.replace(epochs=1), tmp_path / "run", verbose=0)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_time_budget_ends_the_schedule_and_the_run(synth_dirs, tmp_path):
+    data = CarvanaData(synth_dirs["folders"])
+    run = tmp_path / "run"
+    config = TINY.replace(epochs=500, patience=500, max_cars=3, minutes=0.25)
+    summary = train(data, config, run, verbose=0)
+    rows = read_history(run / "history.csv")
+    # Stopped by the budget long before 500 epochs, the last (partial) epoch validated,
+    # the best one exported and checkpointed as finished.
+    assert summary["budget_spent"] and not summary["stopped_early"]
+    assert 2 <= summary["epochs_run"] == len(rows) < 500 and "val_dice" in rows[-1]
+    assert (run / "model.keras").exists()
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["budget_spent"] and state["progress"] == 1.0
+    # The cosine was planned for the budget: it went from the start to near its end.
+    lrs = [r["learning_rate"] for r in rows]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.25 * TINY.learning_rate
+    # A finished budget is a finished run; a new budget does not train it further.
+    again = train(data, config.replace(minutes=1.0), run, verbose=0)
+    assert again["epochs_run"] == summary["epochs_run"]

@@ -18,6 +18,9 @@ CONFIG = TrainConfig(
     image_size=(320, 480),
     weights="imagenet",
     epochs=30,
+    # Kaggle stops a kernel at 12 h: the schedule is planned to end within 11 h (epochs is
+    # the cap when it comes first), leaving the hour for evaluation and the threshold search.
+    minutes=11 * 60,
     batch_size=16,
     learning_rate=1e-3,
     patience=6,

@@ -155,6 +155,11 @@ class TrainConfig(_Settings):
     val_fraction: float = setting(0.2, "fraction of cars held out for validation")
     seed: int = setting(42, "seed of the car split, shuffling and initialisation")
     max_cars: int = setting(0, "use only this many cars (quick runs); 0: all")
+    minutes: float = setting(
+        0.0,
+        "time budget of this invocation in minutes: the learning-rate schedule ends and "
+        "training stops when it is spent (epochs stays a cap); 0: none",
+    )
     val_cars: tuple[str, ...] = setting(tuple, "validation cars", kind="names", cli=False)
     train_cars: tuple[str, ...] = setting(tuple, "training cars", kind="names", cli=False)
 
@@ -184,6 +189,12 @@ class TrainConfig(_Settings):
         _check(0.0 <= self.bn_momentum < 1.0, "bn_momentum", "in [0, 1)", self.bn_momentum)
         _check(self.max_cars >= 0, "max_cars", "0 (all) or more", self.max_cars)
         _check(self.seed >= 0, "seed", "0 or more", self.seed)
+        _check(
+            math.isfinite(self.minutes) and self.minutes >= 0,
+            "minutes",
+            "0 (no budget) or more",
+            self.minutes,
+        )
         _check(bool(self.weights.strip()), "weights", "none, imagenet or a file", self.weights)
 
     @property
@@ -232,7 +243,12 @@ def default_workers() -> int:
 class PredictConfig(_Settings):
     """Settings of one prediction run; the model's own settings come from its TrainConfig."""
 
-    threshold: float = setting(0.5, "probability above which a pixel is car")
+    threshold: float | None = setting(
+        None,
+        "probability above which a pixel is car; none: the run's tuned threshold (thresholds.json), "
+        "0.5 when it has none",
+        kind="float",
+    )
     tta: bool = setting(False, "average with the prediction of the horizontally flipped image")
     batch_size: int = setting(32, "images per forward pass")
     workers: int = setting(default_workers, "post-processing threads (upscale, threshold, RLE)")
@@ -245,7 +261,12 @@ class PredictConfig(_Settings):
         object.__setattr__(self, "shard", tuple(self.shard))
         i, n = self.shard
         _check(n >= 1 and 0 <= i < n, "shard", "i/n with 0 <= i < n", f"{i}/{n}")
-        _check(0.0 < self.threshold < 1.0, "threshold", "between 0 and 1", self.threshold)
+        _check(
+            self.threshold is None or 0.0 < self.threshold < 1.0,
+            "threshold",
+            "between 0 and 1 (or none: the run's tuned one)",
+            self.threshold,
+        )
         _check(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
         _check(1 <= self.workers <= 256, "workers", "between 1 and 256", self.workers)
         _check(self.limit >= 0, "limit", "0 (all) or more", self.limit)

@@ -1,4 +1,6 @@
-"""A run's history.csv (one row per epoch, written by Keras's CSVLogger) and its curves.png."""
+"""A run's records: history.csv (one row per epoch, written by Keras's CSVLogger), curves.png,
+and TensorBoard logs in tensorboard/ (the epoch scalars, and validation images beside their
+true and predicted masks) to follow the curves while a run (or a kernel) goes on."""
 
 from __future__ import annotations
 
@@ -6,11 +8,14 @@ import csv
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from carvana.files import atomic_write
 
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
+TENSORBOARD_DIR = "tensorboard"
+IMAGES_TAG = "validation/image_mask_prediction"
 
 
 class HistoryCSV(keras.callbacks.CSVLogger):
@@ -91,3 +96,63 @@ def plot_curves(history_path: Path, out: Path) -> Path:
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def _metadata(plugin: str):
+    from tensorflow.core.framework import summary_pb2
+
+    # What TensorBoard's own scalar and image summaries declare; written with TensorFlow's
+    # tf.summary.write, so the logs need no `tensorboard` package (only viewing them does).
+    return summary_pb2.SummaryMetadata(plugin_data={"plugin_name": plugin})
+
+
+class TensorBoardLog(keras.callbacks.Callback):
+    """TensorBoard logs of a run: each epoch's logs as scalars (train/ and validation/, with
+    Keras's epoch_ tags) and, every `every` epochs, a few validation images beside their true
+    mask and the predicted probability (inference mode), side by side (images/)."""
+
+    def __init__(self, log_dir: Path, examples=None, size=None, every: int = 1):
+        super().__init__()
+        self.dir, self.examples, self.size, self.every = Path(log_dir), examples, size, every
+        self.writers: dict = {}
+
+    def _write(self, folder: str, tag: str, value, step: int, plugin: str) -> None:
+        import tensorflow as tf
+
+        if folder not in self.writers:
+            self.writers[folder] = tf.summary.create_file_writer(str(self.dir / folder))
+        with self.writers[folder].as_default():
+            tf.summary.write(tag, value, step=step, metadata=_metadata(plugin))
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        for key, value in (logs or {}).items():
+            folder = "validation" if key.startswith("val_") else "train"
+            name = "epoch_" + key.removeprefix("val_")
+            self._write(folder, name, tf.constant(float(value), tf.float32), epoch, "scalars")
+        if self.examples is not None and (epoch + 1) % self.every == 0:
+            self._write("images", IMAGES_TAG, self._pictures(), epoch, "images")
+        for writer in self.writers.values():
+            writer.flush()
+
+    def _pictures(self):
+        """[width, height, PNG...]: image | mask | prediction of each example, as TensorBoard's
+        image summaries store them."""
+        import tensorflow as tf
+
+        images, masks = self.examples
+        h, w = self.size  # the padding is cropped off
+        logits = self.model(tf.constant(images, tf.float32), training=False)
+        probability = tf.sigmoid(tf.cast(logits, tf.float32))[:, :h, :w, 0].numpy()
+        pngs = []
+        for image, mask, prob in zip(images, masks, probability, strict=True):
+            gray = [255.0 * np.repeat(m.reshape(h, w, 1), 3, -1) for m in (mask[:h, :w], prob)]
+            side = np.concatenate([image[:h, :w].astype(np.float32), *gray], axis=1)
+            pngs.append(tf.io.encode_png(side.round().astype(np.uint8)))
+        return tf.stack([tf.constant(str(3 * w)), tf.constant(str(h)), *pngs])
+
+    def on_train_end(self, logs=None):
+        for writer in self.writers.values():
+            writer.close()
+        self.writers = {}

@@ -32,7 +32,15 @@ from carvana.distribute import (
     whole_for_replicas,
 )
 from carvana.files import car_id, shuffled, split_by_car
-from carvana.history import CURVES_FILE, HISTORY_FILE, HistoryCSV, plot_curves, read_history
+from carvana.history import (
+    CURVES_FILE,
+    HISTORY_FILE,
+    TENSORBOARD_DIR,
+    HistoryCSV,
+    TensorBoardLog,
+    plot_curves,
+    read_history,
+)
 from carvana.losses import bce_dice_loss, soft_dice
 from carvana.metrics import DiceMetric
 
@@ -52,9 +60,13 @@ __all__ = [
 ]
 
 CHECKPOINT_DIR = "checkpoint"
-CALIBRATION_BATCHES = 8  # batches averaged to re-estimate BatchNormalization statistics
+# Batches averaged to re-estimate BatchNormalization statistics before each validation: 3
+# (48 images) cost ~5% of a 40-step epoch of training-mode forward passes; 8 cost ~13%.
+CALIBRATION_BATCHES = 3
+PREVIEW_IMAGES = 3  # validation images shown in TensorBoard
 # Settings that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = ("epochs", "patience")
+# A time budget is per invocation: a resumed run plans what is left of its schedule into it.
+RESUMABLE_CHANGES = ("epochs", "patience", "minutes")
 # Settings train fills in itself: never the user's to change on resume.
 FILLED_IN = ("original_size", "val_cars", "train_cars")
 
@@ -65,17 +77,18 @@ def compile_model(
     steps: int,
     jit_compile: bool | str = "auto",
     replicas: int = 1,
-) -> None:
-    """Adam with cosine decay over the planned steps, BCE + Dice loss, Dice and accuracy."""
-    schedule = keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, decay_steps=max(1, steps), alpha=0.02
-    )
+) -> cb.PlannedCosine:
+    """Adam with cosine decay over the planned steps (or a time budget's progress), BCE + Dice
+    loss, Dice and accuracy; returns the learning-rate schedule."""
+    progress = tf.Variable(0.0, trainable=False, name="schedule_progress")
+    schedule = cb.PlannedCosine(config.learning_rate, steps, alpha=0.02, progress=progress)
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
         jit_compile=resolve_jit(jit_compile, replicas),
         loss=bce_dice_loss,
         metrics=[DiceMetric(), keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)],
     )
+    return schedule
 
 
 def choose_cars(ids: list[str], config: TrainConfig) -> tuple[list[str], list[str]]:
@@ -119,7 +132,7 @@ def resume_config(
 
 
 def _clear_run(run_dir: Path) -> None:
-    for name in (CHECKPOINT_DIR, HISTORY_FILE, MODEL_FILE, CURVES_FILE):
+    for name in (CHECKPOINT_DIR, HISTORY_FILE, MODEL_FILE, CURVES_FILE, TENSORBOARD_DIR):
         target = run_dir / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -143,28 +156,32 @@ def _split(data, config: TrainConfig) -> tuple[list[str], list[str], TrainConfig
 
 def build_models(config, strategy, precision, jit_compile, steps, run_dir, state):
     """(model to train, compiled under the strategy and precision, restored from the checkpoint
-    when the run has one; its float32 twin for export)."""
+    when the run has one; its float32 twin for export; its learning-rate schedule)."""
     from carvana.models import build_model
 
     with dtype_policy(precision), strategy.scope():
         model = build_model(config)
-        compile_model(model, config, steps, jit_compile, strategy.num_replicas_in_sync)
+        schedule = compile_model(model, config, steps, jit_compile, strategy.num_replicas_in_sync)
         if state.epoch > 0:
             cb.restore_checkpoint(model, run_dir / CHECKPOINT_DIR)
     with dtype_policy("float32"):
         export = build_model(config.replace(weights="none"))
-    return model, export
+    return model, export, schedule
 
 
-def make_callbacks(run_dir, config, state, export, monitor, calibration, log) -> list:
+def make_callbacks(run_dir, config, state, export, monitor, inputs, schedule, log) -> list:
     """The run-folder callbacks, in the order they must see each epoch's logs."""
+    calibration, preview = inputs[2:]
+    budget = config.minutes * 60
     return [
         # First: the validation and the export need it.
         *([cb.BNRecalibration(calibration)] if calibration is not None else []),
         cb.EpochStats(),
         HistoryCSV(run_dir / HISTORY_FILE, state.epoch),
+        TensorBoardLog(run_dir / TENSORBOARD_DIR, preview, config.image_size),
         cb.BestModelExport(run_dir / MODEL_FILE, export, state, monitor),
         cb.Patience(state, config.patience),
+        *([cb.Budget(budget, state, schedule.progress)] if budget else []),
         cb.Checkpoint(run_dir / CHECKPOINT_DIR, state),
         *([cb.ProgressLine(state, config.epochs, log)] if log else []),
     ]
@@ -188,6 +205,7 @@ def train(
     GPU. Returns best_val_dice, best_epoch, epochs_run, seconds_per_epoch, params, ..."""
     from carvana.inputs import named_data_errors
     from carvana.models import count_params
+    from carvana.thresholds import tune_threshold
 
     run_dir, began, log = Path(run_dir), time.perf_counter(), print if verbose else None
     config = config.replace(original_size=tuple(data.image_size()))
@@ -206,14 +224,17 @@ def train(
     # Saved as asked (a resume elsewhere may have another replica count); fed rounded.
     fed = config.replace(batch_size=global_batch(config.batch_size, replicas))
     steps = math.ceil(len(train_ids) / fed.batch_size) * config.epochs
-    model, export = build_models(config, strategy, precision, jit_compile, steps, run_dir, state)
+    model, export, schedule = build_models(
+        config, strategy, precision, jit_compile, steps, run_dir, state
+    )
     if log:
         log(_announce(fed, model, train_ids, val_ids, strategy, precision, state))
     if state.epoch < config.epochs and not state.stopped:
         # The model is about to change: an earlier evaluation no longer describes it.
         (run_dir / "evaluation.json").unlink(missing_ok=True)
-        train_ds, val_ds, calibration = _inputs(data, train_ids, val_ids, fed, replicas)
-        own = make_callbacks(run_dir, config, state, export, monitor, calibration, log)
+        inputs = _inputs(data, train_ids, val_ids, fed, replicas)
+        train_ds, val_ds = inputs[:2]
+        own = make_callbacks(run_dir, config, state, export, monitor, inputs, schedule, log)
         with named_data_errors():  # a bad training image: its name, in one line
             model.fit(
                 train_ds,
@@ -224,11 +245,14 @@ def train(
                 verbose=2 if verbose >= 2 else 0,
                 shuffle=False,  # the dataset shuffles itself
             )
+    # One pass over the validation cars: the threshold predict uses -> thresholds.json.
+    tune_threshold(data, run_dir, log=log)
     return _summary(run_dir, config, state, export, monitor, began, count_params(export))
 
 
 def _inputs(data, train_ids, val_ids, fed: TrainConfig, replicas: int) -> tuple:
-    """(training, validation or None, calibration or None) datasets at the fed batch size."""
+    """(training, validation or None, calibration or None) datasets at the fed batch size,
+    and (images, masks) arrays of a few validation images for TensorBoard (or None)."""
     from carvana.inputs import get_dataset
 
     def batches(ids, training):
@@ -237,10 +261,17 @@ def _inputs(data, train_ids, val_ids, fed: TrainConfig, replicas: int) -> tuple:
 
     # A few fixed training images, not augmented, for the BN recalibration of each epoch.
     some = shuffled(train_ids, 0)[: CALIBRATION_BATCHES * fed.batch_size]
+    # A few validation images (spread over the angles) for TensorBoard; decoded once, here.
+    shown = val_ids[:: max(1, len(val_ids) // PREVIEW_IMAGES)][:PREVIEW_IMAGES]
+    preview = None
+    if shown:
+        x, y = next(iter(get_dataset(data, shown, fed.replace(batch_size=len(shown)), False, None)))
+        preview = (x.numpy(), y.numpy())
     return (
         batches(train_ids, True),
         batches(val_ids, False) if val_ids else None,
         get_dataset(data, some, fed, training=False, cache="") if some else None,
+        preview,
     )
 
 
@@ -269,7 +300,8 @@ def _summary(run_dir, config, state, export, monitor, began, params) -> dict:
         "best_val_dice": state.best,
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
-        "stopped_early": bool(state.stopped),
+        "stopped_early": bool(state.stopped) and not state.budget_spent,
+        "budget_spent": bool(state.budget_spent),
         "seconds_per_epoch": float(np.mean(seconds)) if seconds else 0.0,
         "seconds": time.perf_counter() - began,
         "params": params,

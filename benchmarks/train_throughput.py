@@ -1,0 +1,121 @@
+"""Images/s of `carvana train`'s whole epoch loop against the model's own training speed.
+
+The loop is `carvana.train.train` as a user runs it: the tf.data input (cached after the first
+epoch), augmentation, validation, BN recalibration, the float32 export and the checkpoint.
+Its rate is the training images of an epoch over the wall time between the ends of two
+consecutive epochs (every callback included), averaged over the steady-state epochs: the
+first epoch, which decodes the JPEGs into the cache and traces the functions, is reported
+apart. The model's own speed is `fit` on one in-memory batch repeated, same batch size and
+geometry, timed after a warm-up epoch, once before and once after the loop (the cores are
+shared: the mean of the two is the reference). The ratio is loop / model; goal >= 0.9.
+
+    python benchmarks/train_throughput.py [--models cnn,mobilenet] [--cars 10] [--epochs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def model_speed(config, steps: int) -> float:
+    """Images/s of fit on one repeated in-memory batch (after a warm-up epoch)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from carvana.models import build_model
+    from carvana.train import compile_model
+
+    model = build_model(config)
+    compile_model(model, config, steps * 3)
+    rng = np.random.default_rng(0)
+    ph, pw = config.padded_size
+    x = rng.uniform(0, 255, (config.batch_size, ph, pw, 3)).astype(np.float32)
+    y = (rng.uniform(size=(config.batch_size, ph, pw, 1)) > 0.5).astype(np.float32)
+    batches = tf.data.Dataset.from_tensors((x, y)).repeat(steps)
+    model.fit(batches, epochs=1, verbose=0, shuffle=False)
+    began = time.perf_counter()
+    model.fit(batches, epochs=1, verbose=0, shuffle=False)
+    return steps * config.batch_size / (time.perf_counter() - began)
+
+
+def loop_speed(data, config, run_dir: Path) -> dict:
+    """Train into run_dir; images/s of the first epoch and of the steady-state ones."""
+    import keras
+
+    from carvana.train import choose_cars, train
+
+    ends: list[float] = []
+
+    class EpochEnds(keras.callbacks.Callback):
+        # Appended after the run-folder callbacks: an epoch's time includes all of them.
+        def on_train_begin(self, logs=None):
+            ends.append(time.perf_counter())
+
+        def on_epoch_end(self, epoch, logs=None):
+            ends.append(time.perf_counter())
+
+    train_ids, _ = choose_cars(data.train_ids(), config)
+    train(data, config, run_dir, resume=False, verbose=0, callbacks=[EpochEnds()])
+    seconds = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    steady = seconds[1:]
+    return {
+        "images": len(train_ids),
+        "first": len(train_ids) / seconds[0],
+        "steady": len(train_ids) * len(steady) / sum(steady),
+        "epoch_seconds": seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="cnn,mobilenet")
+    parser.add_argument("--cars", type=int, default=10, help="synthetic cars (16 images each)")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs (the first is apart)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--image-size", default="160x256")
+    parser.add_argument("--data", default="", help="reuse a dataset folder (made if missing)")
+    args = parser.parse_args(argv)
+
+    from carvana.config import TrainConfig, parse_size
+    from carvana.files import CarvanaData
+    from carvana.synth import synthesize
+
+    work = Path(tempfile.mkdtemp(prefix="carvana-throughput-"))
+    root = Path(args.data) if args.data else work / "data"
+    if not (root / "train").exists():
+        began = time.perf_counter()
+        synthesize(root, train_cars=args.cars, test_images=0, size=(1280, 1918))
+        print(f"synthesized {args.cars} cars at 1918x1280 in {time.perf_counter() - began:.0f} s")
+    data = CarvanaData(root)
+    for name in args.models.split(","):
+        config = TrainConfig(
+            model=name,
+            image_size=parse_size(args.image_size),
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            patience=args.epochs,
+        )
+        steps = 8
+        before = model_speed(config, steps)
+        loop = loop_speed(data, config, work / f"run-{name}")
+        after = model_speed(config, steps)
+        reference = (before + after) / 2
+        shown = " ".join(f"{s:.1f}" for s in loop["epoch_seconds"])
+        print(
+            f"{name}: loop {loop['steady']:.2f} img/s (steady epochs 2..{args.epochs}; first "
+            f"{loop['first']:.2f}), model {reference:.2f} img/s (before {before:.2f}, after "
+            f"{after:.2f}), ratio {loop['steady'] / reference:.3f}; {loop['images']} training "
+            f"images per epoch, epoch seconds {shown}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

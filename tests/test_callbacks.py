@@ -1,0 +1,115 @@
+"""The time budget's schedule and stop, by a fake clock; the TensorBoard logs of a tiny run."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from carvana.callbacks import Budget, PlannedCosine, RunState
+
+
+def test_planned_cosine_follows_the_larger_progress():
+    progress = tf.Variable(0.0)
+    schedule = PlannedCosine(1.0, decay_steps=100, alpha=0.02, progress=progress)
+    # No budget: Keras's CosineDecay, by hand.
+    assert float(schedule(0)) == pytest.approx(1.0)
+    assert float(schedule(50)) == pytest.approx(0.02 + 0.98 * 0.5)
+    assert float(schedule(100)) == pytest.approx(0.02)
+    assert float(schedule(400)) == pytest.approx(0.02)  # held at the end
+    progress.assign(0.75)  # the budget is further along than the steps
+    expected = 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * 0.75))
+    assert float(schedule(10)) == pytest.approx(expected, rel=1e-5)
+    assert float(schedule(90)) == pytest.approx(0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * 0.9)))
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class _Model:
+    stop_training = False
+
+
+def _budget(seconds, state):
+    clock, progress = _Clock(), tf.Variable(0.0)
+    budget = Budget(seconds, state, progress, clock=clock)
+    budget.set_model(_Model())
+    return budget, clock, progress
+
+
+def test_budget_plans_the_schedule_and_keeps_the_epoch_end_in_reserve():
+    state = RunState()
+    budget, clock, progress = _budget(100.0, state)
+    budget.on_train_begin()
+    budget.on_epoch_begin(0)
+    for _ in range(4):  # 4 steps of 5 s
+        budget.on_train_batch_begin(0)
+        clock.now += 5
+        budget.on_train_batch_end(0)
+    assert float(progress) == pytest.approx(0.15) and not budget.model.stop_training
+    budget.on_epoch_end(0)
+    assert state.progress == pytest.approx(0.2) and not state.stopped
+    clock.now += 10  # the end of the epoch (validation, saving) took 10 s
+    budget.on_epoch_begin(1)
+    budget.on_train_batch_begin(0)
+    assert float(progress) == pytest.approx(30 / 90)  # planned over the 90 s left usable
+    steps = 0
+    while not budget.model.stop_training:
+        budget.on_train_batch_begin(0)
+        clock.now += 5
+        budget.on_train_batch_end(0)
+        steps += 1
+    # Stopped when one more step and the epoch's end would overrun: 30 + 55 + 5 + 10 = 100.
+    assert clock.now - 1000 == 85 and steps == 11
+    budget.on_epoch_end(1)
+    assert state.stopped and state.budget_spent and state.progress == 1.0
+
+
+def test_a_resumed_budget_plans_what_is_left_of_the_schedule():
+    state = RunState(epoch=3, progress=0.6)
+    budget, clock, progress = _budget(50.0, state)
+    budget.on_train_begin()
+    assert float(progress) == pytest.approx(0.6)
+    budget.on_epoch_begin(3)
+    clock.now += 25
+    budget.on_train_batch_begin(0)
+    assert float(progress) == pytest.approx(0.6 + 0.4 * 0.5)
+
+
+@pytest.mark.slow
+def test_tensorboard_logs_hold_the_scalars_and_the_images(synth_dirs, tmp_path):
+    from carvana.config import TrainConfig
+    from carvana.files import CarvanaData
+    from carvana.history import IMAGES_TAG
+    from carvana.train import train
+
+    config = TrainConfig(
+        model="cnn", image_size=(32, 48), batch_size=8, epochs=2, max_cars=3, augment=False
+    )
+    train(CarvanaData(synth_dirs["folders"]), config, tmp_path / "run", verbose=0)
+    board = tmp_path / "run" / "tensorboard"
+    scalars, images = {}, {}
+    for path in board.rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                key = (path.parent.name, value.tag)
+                if path.parent.name == "images":
+                    images.setdefault(key, []).append((event.step, value))
+                else:
+                    scalars.setdefault(key, []).append(event.step)
+    for tag in ("epoch_loss", "epoch_dice", "epoch_accuracy", "epoch_learning_rate"):
+        assert scalars[("train", tag)] == [0, 1], (tag, sorted(scalars))
+    for tag in ("epoch_loss", "epoch_dice"):
+        assert scalars[("validation", tag)] == [0, 1]
+    shown = images[("images", IMAGES_TAG)]
+    assert [step for step, _ in shown] == [0, 1]
+    # One PNG per validation image, image | mask | prediction side by side (3 x 48 wide).
+    tensor = shown[-1][1].tensor
+    assert tensor.string_val[:2] == [b"144", b"32"] and len(tensor.string_val) == 2 + 3
+    picture = tf.io.decode_png(tensor.string_val[2]).numpy()
+    assert picture.shape == (32, 144, 3) and np.ptp(picture) > 0
