@@ -26,13 +26,40 @@ TINY = TrainConfig(
 )
 
 
-def test_precision_and_jit_on_a_machine_without_gpu():
-    assert resolve_precision("auto") == "float32"
+def test_precision_and_jit_on_a_machine_without_gpu(monkeypatch):
+    import carvana.distribute as distribute
+
+    for native, expected in ((False, "float32"), (True, "mixed_bfloat16")):
+        monkeypatch.setattr(distribute, "cpu_has_bf16", lambda native=native: native)
+        assert resolve_precision("auto") == expected
     assert resolve_precision("mixed_float16") == "mixed_float16"
-    with pytest.raises(ValueError, match="auto, float32, mixed_float16"):
+    with pytest.raises(ValueError, match="auto, float32, mixed_float16, mixed_bfloat16"):
         resolve_precision("float16")
     assert resolve_jit("auto") is False and resolve_jit(True) is True
     assert pick_strategy().num_replicas_in_sync == 1
+
+
+def test_bfloat16_is_read_from_the_cpu_flags(tmp_path):
+    from carvana.distribute import cpu_has_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
+    assert cpu_has_bf16(str(info))
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert not cpu_has_bf16(str(info))
+    assert not cpu_has_bf16(str(tmp_path / "missing"))
+
+
+def test_a_bfloat16_run_exports_a_float32_model_that_scores_what_it_recorded(synth_dirs, tmp_path):
+    from carvana.train import train
+
+    data = CarvanaData(synth_dirs["folders"])
+    summary = train(
+        data, TINY.replace(epochs=3), tmp_path / "run", verbose=0, precision="mixed_bfloat16"
+    )
+    # Validation ran in bfloat16, the export is float32: a few logits near 0 may differ.
+    assert _val_dice(data, tmp_path / "run") == pytest.approx(summary["best_val_dice"], abs=5e-3)
+    assert summary["best_val_dice"] > 0.5
 
 
 def test_batches_fit_the_replicas():
@@ -109,7 +136,8 @@ def test_two_replicas_and_mixed_precision_learn_and_resume_across(synth_dirs, tm
 
 
 @pytest.mark.parametrize(
-    "first, then", [("mixed_float16", "float32"), ("float32", "mixed_float16")]
+    "first, then",
+    [("mixed_float16", "float32"), ("float32", "mixed_float16"), ("mixed_bfloat16", "float32")],
 )
 def test_checkpoint_restores_weights_and_adam_across_precisions(tmp_path, first, then):
     from carvana.callbacks import Checkpoint, RunState, restore_checkpoint

@@ -284,7 +284,7 @@ def _announce(config, model, train_ids, val_ids, strategy, precision, state) -> 
         f"{len(val_ids)} images / {len(config.val_cars)} cars at {config.image_size[0]}x"
         f"{config.image_size[1]} (input {config.padded_size[0]}x{config.padded_size[1]}); "
         f"batch {config.batch_size}, {strategy.num_replicas_in_sync} replica(s), "
-        f"{'mixed precision' if precision == 'mixed_float16' else 'float32'}"
+        f"{precision.replace('_', ' ')} precision"
         + (f"; resuming after epoch {state.epoch}" if state.epoch else "")
     )
 
