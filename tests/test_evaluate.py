@@ -131,3 +131,13 @@ def test_a_run_without_validation_cars_is_refused(synth_dirs, tmp_path):
     TINY.replace(val_fraction=0.0).save(tmp_path)
     with pytest.raises(ValueError, match="no validation cars"):
         evaluate(CarvanaData(synth_dirs["folders"]), tmp_path, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_evaluate_with_flips_scores_the_flip_averaged_maps(evaluated):
+    data, run, base, result = evaluated
+    flipped = evaluate(data, run, base / "tta", worst=0, tta=True)
+    assert flipped["tta"] is True and result["tta"] is False
+    assert flipped["images"] == result["images"] and 0.5 < flipped["dice"] <= 1.0
+    # The same model seen through its mirror image: close to, but not exactly, the plain score.
+    assert flipped["dice"] != result["dice"] and abs(flipped["dice"] - result["dice"]) < 0.1

@@ -90,7 +90,14 @@ def cmd_evaluate(args) -> int:
     from carvana.evaluate import evaluate
 
     runs = [Path(r) for r in args.run]
-    result = evaluate(_data(args), runs, Path(args.out), worst=args.worst, threshold=args.threshold)
+    result = evaluate(
+        _data(args),
+        runs,
+        Path(args.out),
+        worst=args.worst,
+        threshold=args.threshold,
+        tta=getattr(args, "tta", False),
+    )
     print(
         f"full-resolution mean Dice {result['dice']:.4f} at threshold {result['threshold']} "
         f"({result['threshold_source']}; {result['dice_at_0.5']:.4f} at 0.5), pixel accuracy "
@@ -247,7 +254,7 @@ def _add_model_verbs(sub) -> None:
     )
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--worst", type=int, default=6, help="worst images shown as panels")
-    others = [f.name for f in cli_fields(PredictConfig) if f.name != "threshold"]
+    others = [f.name for f in cli_fields(PredictConfig) if f.name not in ("threshold", "tta")]
     add_arguments(p, PredictConfig, skip=others)
     p.set_defaults(threshold=None)
     p.set_defaults(func=cmd_evaluate)

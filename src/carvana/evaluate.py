@@ -101,12 +101,12 @@ def true_mask(data, image_id: str, shape: tuple[int, ...]) -> np.ndarray:
     return true
 
 
-def _score_images(data, members, ids, cuts, batch_size: int, worst: int):
+def _score_images(data, members, ids, cuts, batch_size: int, worst: int, tta: bool):
     """(per-image rows, the `worst` lowest as (-dice, id, level map), seconds): Dice and pixel
     accuracy at cuts[0], Dice at cuts[1] too, of the members' mean map."""
     from carvana.inference import predict_levels
 
-    pconfig = PredictConfig(batch_size=batch_size, workers=2)
+    pconfig = PredictConfig(batch_size=batch_size, workers=2, tta=tta)
     items = ((f"{i}.jpg", data.read_train_bytes(i)) for i in ids)
     began = time.perf_counter()
     rows, lowest = [], []  # lowest: a heap of the `worst` kept
@@ -153,9 +153,10 @@ def evaluate(
     worst: int = 6,
     batch_size: int = 16,
     threshold: float | None = None,
+    tta: bool = False,
 ) -> dict:
     """Full-resolution mean Dice and pixel accuracy of a run (or of the ensemble of a list of
-    runs: their maps averaged) on its validation cars, at `threshold` (None: the run's tuned
+    runs: their maps averaged) on its validation cars, at `threshold` (`tta`: with flips) (None: the run's tuned
     one, or the mean of the runs'); writes out/report.md, out/worst_*.png and
     out/evaluation.json (and RUN_DIR/evaluation.json for one run). Returns dice, accuracy, report,
     per_angle, images, worst, threshold, dice_at_0.5."""
@@ -169,7 +170,7 @@ def evaluate(
     threshold, source = run_threshold(run_dirs, threshold)
     out.mkdir(parents=True, exist_ok=True)
     cuts = [len(members) * level(t) for t in (threshold, DEFAULT_THRESHOLD)]
-    rows, lowest, seconds = _score_images(data, members, ids, cuts, batch_size, worst)
+    rows, lowest, seconds = _score_images(data, members, ids, cuts, batch_size, worst, tta)
     report = out / REPORT_FILE
     result = {
         "run": str(run_dirs[0]) if len(run_dirs) == 1 else [str(r) for r in run_dirs],
@@ -181,6 +182,7 @@ def evaluate(
         "cars": len({car_id(i) for i in ids}),
         "threshold": threshold,
         "threshold_source": source,
+        "tta": tta,
         "original_size": list(configs[0].original_size),
         "image_size": list(configs[0].image_size),
         "params": sum(count_params(m) for m, _ in members),
