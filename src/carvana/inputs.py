@@ -17,6 +17,7 @@ as the studio floor, and excluding it would need a weight map in every batch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -83,6 +84,16 @@ def _where(store, name: str) -> str:
     return store.where(name) if store is not None else name
 
 
+@functools.lru_cache(maxsize=8)
+def _decoder(image_size: tuple[int, int], original_size: tuple[int, int]):
+    """One compiled JPEG decoder per geometry: a run builds several datasets (training,
+    validation, calibration, previews), and a new tf.function each time would trace again."""
+    config = TrainConfig(image_size=image_size, original_size=original_size)
+    return tf.function(
+        lambda jpeg: decode_image(jpeg, config), input_signature=[tf.TensorSpec([], tf.string)]
+    )
+
+
 class PairReader:
     """Reads a training pair checked like CarvanaData.read_pair (mask size = image size, mask
     values 0/1) and decodes it at the model geometry; a bad file is a DataError naming it."""
@@ -91,9 +102,7 @@ class PairReader:
         self.data, self.config = data, config
         # Decoded here, in the reader's threads, not in a tf.data map: a JPEG that TensorFlow
         # cannot decode is then an error naming its file, not a TF error naming no file.
-        self.decode = tf.function(
-            lambda jpeg: decode_image(jpeg, config), input_signature=[tf.TensorSpec([], tf.string)]
-        )
+        self.decode = _decoder(config.image_size, config.original_size)
 
     def __call__(self, image_id: str) -> Example:
         """The checked, decoded pair of one image id."""
