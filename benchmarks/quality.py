@@ -80,6 +80,7 @@ def lever_settings(args) -> dict:
         "batch_size": args.batch_size,
         "learning_rate": args.lr,
         "bn_momentum": args.bn_momentum,
+        "decoder_width": args.decoder_width,
         "augment": None if args.augment is None else args.augment == "on",
     }
     return {k: v for k, v in given.items() if v is not None}
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--bn-momentum", type=float)
+    parser.add_argument("--decoder-width", type=int)
     parser.add_argument("--augment", choices=("on", "off"))
     parser.add_argument(
         "--precision", default="auto", help="auto | float32 | mixed_float16 | mixed_bfloat16"

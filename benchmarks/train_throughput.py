@@ -44,31 +44,63 @@ def model_speed(config, steps: int) -> float:
     return steps * config.batch_size / (time.perf_counter() - began)
 
 
+PHASES = ("train", "recalibrate", "validate", "callbacks")
+
+
 def loop_speed(data, config, run_dir: Path) -> dict:
-    """Train into run_dir; images/s of the first epoch and of the steady-state ones."""
+    """Train into run_dir; images/s of the first epoch and of the steady-state ones, and the
+    seconds each phase of a steady epoch took (training steps with their input, BN
+    recalibration, validation, the epoch-end callbacks: history, export, checkpoint)."""
     import keras
 
     from carvana.train import choose_cars, train
 
-    ends: list[float] = []
+    marks: list[dict] = []
 
-    class EpochEnds(keras.callbacks.Callback):
-        # Appended after the run-folder callbacks: an epoch's time includes all of them.
+    class Phases(keras.callbacks.Callback):
+        # Appended after the run-folder callbacks: its on_test_begin comes after the BN
+        # recalibration and its on_epoch_end after every other epoch-end callback.
         def on_train_begin(self, logs=None):
-            ends.append(time.perf_counter())
+            self.last = time.perf_counter()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.mark = {"begin": self.last}
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.mark["steps"] = time.perf_counter()
+
+        def on_test_begin(self, logs=None):
+            self.mark.setdefault("test_begin", time.perf_counter())
+
+        def on_test_end(self, logs=None):
+            self.mark["test_end"] = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            ends.append(time.perf_counter())
+            self.last = self.mark["end"] = time.perf_counter()
+            marks.append(self.mark)
 
     train_ids, _ = choose_cars(data.train_ids(), config)
-    train(data, config, run_dir, resume=False, verbose=0, callbacks=[EpochEnds()])
-    seconds = [b - a for a, b in zip(ends, ends[1:], strict=False)]
-    steady = seconds[1:]
+    train(data, config, run_dir, resume=False, verbose=0, callbacks=[Phases()])
+    seconds = [m["end"] - m["begin"] for m in marks]
+    steady = marks[1:]
+
+    def phase(m):
+        test_begin = m.get("test_begin", m["steps"])
+        test_end = m.get("test_end", test_begin)
+        return (
+            m["steps"] - m["begin"],
+            test_begin - m["steps"],
+            test_end - test_begin,
+            m["end"] - test_end,
+        )
+
+    totals = [sum(values) / len(steady) for values in zip(*map(phase, steady), strict=True)]
     return {
         "images": len(train_ids),
         "first": len(train_ids) / seconds[0],
-        "steady": len(train_ids) * len(steady) / sum(steady),
+        "steady": len(train_ids) * len(steady) / sum(seconds[1:]),
         "epoch_seconds": seconds,
+        "phases": dict(zip(PHASES, totals, strict=True)),
     }
 
 
@@ -107,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         after = model_speed(config, steps)
         reference = (before + after) / 2
         shown = " ".join(f"{s:.1f}" for s in loop["epoch_seconds"])
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in loop["phases"].items())
         print(
             f"{name}: loop {loop['steady']:.2f} img/s (steady epochs 2..{args.epochs}; first "
             f"{loop['first']:.2f}), model {reference:.2f} img/s (before {before:.2f}, after "
             f"{after:.2f}), ratio {loop['steady'] / reference:.3f}; {loop['images']} training "
-            f"images per epoch, epoch seconds {shown}",
+            f"images per epoch, epoch seconds {shown}; a steady epoch: {phases}",
             flush=True,
         )
     return 0

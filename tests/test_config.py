@@ -41,6 +41,18 @@ def test_round_trip_through_a_run_folder(tmp_path):
     assert TrainConfig.load(tmp_path) == config
 
 
+def test_a_config_saved_before_a_setting_existed_loads_with_what_it_meant(tmp_path):
+    config = TrainConfig(model="mobilenet", image_size=(32, 48), decoder_width=64, val_images=9)
+    data = config.to_dict()
+    for name in ("decoder_width", "refine", "val_images"):
+        del data[name]  # a run folder written before these settings existed
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    old = TrainConfig.load(tmp_path)
+    assert (old.decoder_width, old.refine, old.val_images) == (512, False, 0)
+    config.save(tmp_path)
+    assert TrainConfig.load(tmp_path) == config
+
+
 def test_load_names_the_file_and_the_bad_key(tmp_path):
     (tmp_path / "config.json").write_text('{"model": "cnn", "colour": 3}')
     with pytest.raises(ValueError, match=r"config.json.*colour"):
@@ -111,6 +123,7 @@ def test_parse_value_rejects_with_the_reason(name, text, message):
         (TrainConfig, {"val_fraction": 1.0}, "val_fraction"),
         (TrainConfig, {"learning_rate": -1.0}, "learning_rate"),
         (TrainConfig, {"max_cars": -2}, "max_cars"),
+        (TrainConfig, {"decoder_width": 4}, "decoder_width"),
         (TrainConfig, {"model": "resnet"}, "model"),
         (PredictConfig, {"batch_size": 0}, "batch_size"),
         (PredictConfig, {"workers": 0}, "workers"),

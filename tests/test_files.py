@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from carvana.files import CarvanaData, DataError, car_id, image_id, split_by_car
+from carvana.files import CarvanaData, DataError, car_id, image_id, split_by_car, spread
 
 
 def _gif(array: np.ndarray) -> bytes:
@@ -373,3 +373,19 @@ def test_truncated_jpeg_header_is_named(synth_copy):
         data.image_size()
     with pytest.raises(DataError, match=re.escape(f"{first}: not a readable JPEG")):
         data.read_pair(data.train_ids()[0])
+
+
+@pytest.mark.parametrize(
+    "count, expected",
+    [
+        (0, list(range(10))),
+        (10, list(range(10))),
+        (12, list(range(10))),
+        (1, [0]),
+        (2, [0, 5]),
+        (3, [0, 3, 6]),
+        (4, [0, 2, 5, 7]),
+    ],
+)
+def test_spread_picks_evenly_spaced_items(count, expected):
+    assert spread(list(range(10)), count) == expected

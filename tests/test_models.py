@@ -75,6 +75,27 @@ def test_models_normalize_inside_with_named_layers():
     assert {"conv_1", "pool_4", "up_3_bn", "logits"} <= {layer.name for layer in cnn.layers}
 
 
+@pytest.mark.parametrize("width, widths", [(512, [512, 256, 128, 64]), (64, [64, 32, 16, 8])])
+def test_decoder_width_halves_at_each_finer_step(width, widths):
+    config = TrainConfig(model="mobilenet", image_size=(32, 48), decoder_width=width)
+    net = build_model(config)
+    assert [net.get_layer(f"up_{i}_deconv").filters for i in range(1, 5)] == widths
+    assert tuple(net.output_shape) == (None, 32, 64, 1)
+
+
+@pytest.mark.parametrize("refine, head", [(True, "refine_conv"), (False, "logits_deconv")])
+def test_refine_puts_a_full_resolution_head_on_the_u_net(refine, head):
+    config = TrainConfig(model="mobilenet", image_size=(32, 48), decoder_width=256, refine=refine)
+    net = build_model(config)
+    names = {layer.name for layer in net.layers}
+    assert head in names and ("refine_skip" in names) == refine
+    if refine:
+        # The image itself (3 channels) joins 16 upsampled features at the input's size.
+        assert tuple(net.get_layer("refine_skip").output.shape) == (None, 32, 64, 19)
+    out = net(np.zeros((1, 32, 64, 3), np.float32), training=False)
+    assert tuple(out.shape) == (1, 32, 64, 1)
+
+
 @pytest.mark.parametrize("model", ["cnn", "mobilenet"])
 def test_load_model_round_trip(tmp_path, model):
     config = TrainConfig(model=model, image_size=(32, 48))

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from carvana.config import TrainConfig
-from carvana.files import CarvanaData, car_id
+from carvana.files import CarvanaData, angle, car_id, spread
 from carvana.inputs import get_dataset
 from carvana.models import load_model
 from carvana.train import (
@@ -97,7 +97,9 @@ def test_tiny_run_learns_and_writes_its_run_folder(synth_dirs, tmp_path, capsys)
     run = tmp_path / "run"
     # float32: the export is compared below to the recorded best to 1e-4 (a bfloat16 run, the
     # default on CPUs that have it, validates with slightly different logits).
-    summary = train(data, TINY, run, resume=False, precision="float32")
+    # Each epoch scores a fixed sample of 8 of the 16 validation images, every other angle.
+    asked = TINY.replace(val_images=8)
+    summary = train(data, asked, run, resume=False, precision="float32")
     config = TrainConfig.load(run)
     _, val_ids = choose_cars(data.train_ids(), config)
     baseline = _baseline_all_car(data, val_ids, config)  # all-background scores 0
@@ -108,17 +110,20 @@ def test_tiny_run_learns_and_writes_its_run_folder(synth_dirs, tmp_path, capsys)
     # Config round trip: detected original size, the split, everything else as asked.
     assert config.original_size == (128, 192)
     assert len(config.val_cars) == 1 and len(config.train_cars) == 5
-    assert config.replace(original_size=TINY.original_size, val_cars=(), train_cars=()) == TINY
+    assert config.replace(original_size=TINY.original_size, val_cars=(), train_cars=()) == asked
     rows = read_history(run / "history.csv")
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert max(r["val_dice"] for r in rows) == pytest.approx(summary["best_val_dice"])
     assert (run / "curves.png").stat().st_size > 1000
-    # model.keras is the best epoch: its validation Dice is the recorded best.
+    # model.keras is the best epoch: its Dice on the sample is the recorded best.
+    sample = spread(val_ids, 8)
+    assert [int(angle(i)) for i in sample] == [1, 3, 5, 7, 9, 11, 13, 15]
     model, metric = load_model(run), DiceMetric()
-    for x, y in get_dataset(data, val_ids, config, training=False, cache=None):
+    for x, y in get_dataset(data, sample, config, training=False, cache=None):
         metric.update_state(y, model(x, training=False))
     assert float(metric.result()) == pytest.approx(summary["best_val_dice"], abs=1e-4)
-    assert "epoch 6/6" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "validating on 8 of 16 images / 1 cars each epoch" in out and "epoch 6/6" in out
 
 
 @pytest.mark.slow

@@ -25,6 +25,8 @@ MODEL_FILE = "model.keras"
 ENV_PREFIX = "CARVANA_"
 VERSIONS_KEY = "versions"  # config.json: the library versions a run was trained with
 RECORDED_PACKAGES = ("tensorflow", "keras", "keras-cv", "numpy")
+# Settings added after runs were already saved: the value a config.json without them meant.
+SAVED_BEFORE = {"decoder_width": 512, "refine": False, "val_images": 0}
 METAVARS = {"bool": "on|off", "size": "HxW", "shard": "i/n", "int": "N", "float": "X"}
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -145,8 +147,16 @@ class TrainConfig(_Settings):
         (1280, 1918), "HxW of the dataset's images (train fills it in)", kind="size", cli=False
     )
     weights: str = setting("none", "encoder weights: none | imagenet | path to a weights file")
+    decoder_width: int = setting(
+        512, "filters of the MobileNetV2 U-Net's coarsest decoder step (halved at each finer one)"
+    )
     # 0.999 (Keras's default) leaves from-scratch BN statistics unusable for hundreds of steps.
     bn_momentum: float = setting(0.9, "BatchNormalization momentum")
+    refine: bool = setting(
+        True,
+        "MobileNetV2 U-Net: a full-resolution head (the image joined to the last upsampling) "
+        "rather than the tutorial's single stride-2 deconvolution: on | off",
+    )
     epochs: int = setting(20, "epochs to train")
     batch_size: int = setting(16, "images per step (global, over all replicas)")
     # MobileNetV2 U-Net from scratch, 4-minute CPU budget: held-out Dice 0.965 at 3e-3, 0.952
@@ -155,6 +165,12 @@ class TrainConfig(_Settings):
     patience: int = setting(5, "early-stopping patience in epochs")
     augment: bool = setting(True, "KerasCV augmentation: on | off")
     val_fraction: float = setting(0.2, "fraction of cars held out for validation")
+    # nanoGPT's eval_iters idea: a fixed sample scores each epoch for a fraction of the cost.
+    val_images: int = setting(
+        64,
+        "validation images scored after each epoch, spread over the validation cars and "
+        "angles; 0: all (the threshold tuning at the end scores all of them)",
+    )
     seed: int = setting(42, "seed of the car split, shuffling and initialisation")
     max_cars: int = setting(0, "use only this many cars (quick runs); 0: all")
     minutes: float = setting(
@@ -178,6 +194,7 @@ class TrainConfig(_Settings):
                 "two sides between 1 and 8192 pixels (HxW)",
                 size,
             )
+        _check(self.decoder_width >= 8, "decoder_width", "at least 8", self.decoder_width)
         _check(self.epochs >= 1, "epochs", "at least 1", self.epochs)
         _check(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
         _check(
@@ -190,6 +207,7 @@ class TrainConfig(_Settings):
         _check(0.0 <= self.val_fraction < 1.0, "val_fraction", "in [0, 1)", self.val_fraction)
         _check(0.0 <= self.bn_momentum < 1.0, "bn_momentum", "in [0, 1)", self.bn_momentum)
         _check(self.max_cars >= 0, "max_cars", "0 (all) or more", self.max_cars)
+        _check(self.val_images >= 0, "val_images", "0 (all) or more", self.val_images)
         _check(self.seed >= 0, "seed", "0 or more", self.seed)
         _check(
             math.isfinite(self.minutes) and self.minutes >= 0,
@@ -231,7 +249,7 @@ class TrainConfig(_Settings):
         try:
             data = json.loads(path.read_text())
             data.pop(VERSIONS_KEY, None)
-            return cls.from_dict(data)
+            return cls.from_dict({**SAVED_BEFORE, **data})
         except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{path}: bad config: {err}") from None
 

@@ -64,6 +64,14 @@ def shuffled(items: list, seed: int) -> list:
     return [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
 
 
+def spread(items: list, count: int) -> list:
+    """`count` items evenly spaced through the list, first included (all when count is 0 or
+    not smaller than the list)."""
+    if count <= 0 or count >= len(items):
+        return list(items)
+    return [items[i * len(items) // count] for i in range(count)]
+
+
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     """Call write(tmp_path) beside `path`, then rename: readers never see a half-written file."""
     path = Path(path)

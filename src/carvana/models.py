@@ -22,7 +22,6 @@ MOBILENET_SKIPS = (
     "block_13_expand_relu",
     "block_16_project",
 )
-MOBILENET_DECODER = (512, 256, 128, 64)
 CNN_ENCODER = (16, 32, 64, 128)
 CNN_DECODER = (128, 64, 32)
 
@@ -45,6 +44,19 @@ def upsample(x, filters: int, name: str, momentum: float):
 def _logits(x):
     x = layers.Conv2DTranspose(1, 3, strides=2, padding="same", name="logits_deconv")(x)
     # Mixed precision: the cast to float32 keeps the loss and the saved outputs exact.
+    return layers.Activation("linear", dtype="float32", name="logits")(x)
+
+
+def refined_logits(x, image, filters: int, momentum: float):
+    """A full-resolution head: upsample to the input's size, join the (normalized) image,
+    one 3x3 conv step, then 1x1 logits. Without it the finest features are at stride 2."""
+    # Most of a from-scratch U-Net's error at 128x192 lies within a pixel of the car's edge.
+    x = upsample(x, filters, "refine_up", momentum)
+    x = layers.Concatenate(name="refine_skip")([x, image])
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name="refine_conv")(x)
+    x = layers.BatchNormalization(momentum=momentum, name="refine_bn")(x)
+    x = layers.ReLU(name="refine_relu")(x)
+    x = layers.Conv2D(1, 1, name="logits_conv")(x)
     return layers.Activation("linear", dtype="float32", name="logits")(x)
 
 
@@ -76,7 +88,10 @@ def _mobilenet_weights(weights: str):
 
 
 def build_mobilenet(config: TrainConfig) -> keras.Model:
-    """The tutorial's U-Net: MobileNetV2 encoder, skips at 5 scales, pix2pix decoder."""
+    """The tutorial's U-Net: MobileNetV2 encoder, skips at 5 scales, pix2pix decoder.
+
+    The decoder's widths are decoder_width, /2, /4, /8 from coarse to fine (the tutorial's
+    512 .. 64 at 512)."""
     ph, pw = config.padded_size
     weights = _mobilenet_weights(config.weights)
     base = keras.applications.MobileNetV2(
@@ -90,14 +105,18 @@ def build_mobilenet(config: TrainConfig) -> keras.Model:
         # inference-mode outputs are useless after a few hundred steps.
         set_bn_momentum(encoder, config.bn_momentum)
     inputs = keras.Input((ph, pw, 3), name="image")
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
-    skips = encoder(x)
+    image = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
+    skips = encoder(image)
     x = skips[-1]
-    for i, (filters, skip) in enumerate(
-        zip(MOBILENET_DECODER, reversed(skips[:-1]), strict=True), 1
-    ):
+    for i, skip in enumerate(reversed(skips[:-1]), 1):
+        filters = config.decoder_width >> (i - 1)
         x = upsample(x, filters, f"up_{i}", config.bn_momentum)
         x = layers.Concatenate(name=f"skip_{i}")([x, skip])
+    if config.refine:
+        width = max(8, config.decoder_width >> 4)
+        return keras.Model(
+            inputs, refined_logits(x, image, width, config.bn_momentum), name="mobilenet"
+        )
     return keras.Model(inputs, _logits(x), name="mobilenet")
 
 

@@ -31,7 +31,7 @@ from carvana.distribute import (
     resolve_precision,
     whole_for_replicas,
 )
-from carvana.files import car_id, shuffled, split_by_car
+from carvana.files import car_id, shuffled, split_by_car, spread
 from carvana.history import (
     CURVES_FILE,
     HISTORY_FILE,
@@ -252,7 +252,8 @@ def train(
 
 def _inputs(data, train_ids, val_ids, fed: TrainConfig, replicas: int) -> tuple:
     """(training, validation or None, calibration or None) datasets at the fed batch size,
-    and (images, masks) arrays of a few validation images for TensorBoard (or None)."""
+    and (images, masks) arrays of a few validation images for TensorBoard (or None). The
+    validation dataset holds the fixed sample of fed.val_images images each epoch scores."""
     from carvana.inputs import get_dataset
 
     def batches(ids, training):
@@ -262,14 +263,14 @@ def _inputs(data, train_ids, val_ids, fed: TrainConfig, replicas: int) -> tuple:
     # A few fixed training images, not augmented, for the BN recalibration of each epoch.
     some = shuffled(train_ids, 0)[: CALIBRATION_BATCHES * fed.batch_size]
     # A few validation images (spread over the angles) for TensorBoard; decoded once, here.
-    shown = val_ids[:: max(1, len(val_ids) // PREVIEW_IMAGES)][:PREVIEW_IMAGES]
+    shown = spread(val_ids, PREVIEW_IMAGES)
     preview = None
     if shown:
         x, y = next(iter(get_dataset(data, shown, fed.replace(batch_size=len(shown)), False, None)))
         preview = (x.numpy(), y.numpy())
     return (
         batches(train_ids, True),
-        batches(val_ids, False) if val_ids else None,
+        batches(spread(val_ids, fed.val_images), False) if val_ids else None,
         get_dataset(data, some, fed, training=False, cache="") if some else None,
         preview,
     )
@@ -281,7 +282,8 @@ def _announce(config, model, train_ids, val_ids, strategy, precision, state) -> 
     return (
         f"training {config.model} ({count_params(model):,} parameters) on "
         f"{len(train_ids)} images / {len(config.train_cars)} cars, validating on "
-        f"{len(val_ids)} images / {len(config.val_cars)} cars at {config.image_size[0]}x"
+        f"{len(spread(val_ids, config.val_images))} of {len(val_ids)} images / "
+        f"{len(config.val_cars)} cars each epoch at {config.image_size[0]}x"
         f"{config.image_size[1]} (input {config.padded_size[0]}x{config.padded_size[1]}); "
         f"batch {config.batch_size}, {strategy.num_replicas_in_sync} replica(s), "
         f"{precision.replace('_', ' ')} precision"
