@@ -182,7 +182,7 @@ def test_cli_flags_come_from_the_fields_and_know_what_was_given():
     }
     assert given_settings(parser.parse_args([]), TrainConfig) == {}
     help_text = " ".join(parser.format_help().split())  # argparse wraps lines
-    assert "(default: 160x240)" in help_text and "(default: mobilenet)" in help_text
+    assert "(default: 128x192)" in help_text and "(default: mobilenet)" in help_text
     assert "--val-cars" not in help_text  # train fills the split in itself
 
 

@@ -91,7 +91,8 @@ def build_mobilenet(config: TrainConfig) -> keras.Model:
     """The tutorial's U-Net: MobileNetV2 encoder, skips at 5 scales, pix2pix decoder.
 
     The decoder's widths are decoder_width, /2, /4, /8 from coarse to fine (the tutorial's
-    512 .. 64 at 512)."""
+    512 .. 64 at 512). With config.refine, `refined_logits` (decoder_width / 16 filters, at
+    least 8) replaces the tutorial's last stride-2 deconvolution."""
     ph, pw = config.padded_size
     weights = _mobilenet_weights(config.weights)
     base = keras.applications.MobileNetV2(
