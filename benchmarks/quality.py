@@ -83,6 +83,8 @@ def lever_settings(args) -> dict:
         "learning_rate": args.lr,
         "bn_momentum": args.bn_momentum,
         "decoder_width": args.decoder_width,
+        "loss": args.loss,
+        "encoder_scale": args.encoder_scale,
         "augment": None if args.augment is None else args.augment == "on",
     }
     return {k: v for k, v in given.items() if v is not None}
@@ -155,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--bn-momentum", type=float)
     parser.add_argument("--decoder-width", type=int)
+    parser.add_argument("--loss", choices=("bce_dice", "bce_lovasz"))
+    parser.add_argument("--encoder-scale", type=int, help="1, 2 or 4 (mobilenet with refine)")
     parser.add_argument("--augment", choices=("on", "off"))
     parser.add_argument(
         "--precision", default="auto", help="auto | float32 | mixed_float16 | mixed_bfloat16"

@@ -44,13 +44,22 @@ def test_round_trip_through_a_run_folder(tmp_path):
 def test_a_config_saved_before_a_setting_existed_loads_with_what_it_meant(tmp_path):
     config = TrainConfig(model="mobilenet", image_size=(32, 48), decoder_width=64, val_images=9)
     data = config.to_dict()
-    for name in ("decoder_width", "refine", "val_images"):
+    for name in ("decoder_width", "refine", "val_images", "loss", "encoder_scale"):
         del data[name]  # a run folder written before these settings existed
     (tmp_path / "config.json").write_text(json.dumps(data))
     old = TrainConfig.load(tmp_path)
     assert (old.decoder_width, old.refine, old.val_images) == (512, False, 0)
+    assert (old.loss, old.encoder_scale) == ("bce_dice", 1)
     config.save(tmp_path)
     assert TrainConfig.load(tmp_path) == config
+
+
+@pytest.mark.parametrize(
+    "image_size, scale, padded",
+    [((128, 192), 1, (128, 192)), ((256, 384), 2, (256, 384)), ((160, 240), 2, (192, 256))],
+)
+def test_padding_makes_room_for_the_encoders_stride_at_its_scale(image_size, scale, padded):
+    assert TrainConfig(image_size=image_size, encoder_scale=scale).padded_size == padded
 
 
 def test_load_names_the_file_and_the_bad_key(tmp_path):
@@ -125,6 +134,10 @@ def test_parse_value_rejects_with_the_reason(name, text, message):
         (TrainConfig, {"max_cars": -2}, "max_cars"),
         (TrainConfig, {"decoder_width": 4}, "decoder_width"),
         (TrainConfig, {"model": "resnet"}, "model"),
+        (TrainConfig, {"loss": "focal"}, "loss"),
+        (TrainConfig, {"encoder_scale": 3}, "encoder_scale"),
+        (TrainConfig, {"encoder_scale": 2, "model": "cnn"}, "encoder_scale"),
+        (TrainConfig, {"encoder_scale": 2, "refine": False}, "encoder_scale"),
         (PredictConfig, {"batch_size": 0}, "batch_size"),
         (PredictConfig, {"workers": 0}, "workers"),
         (PredictConfig, {"limit": -1}, "limit"),

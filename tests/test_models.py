@@ -96,6 +96,20 @@ def test_refine_puts_a_full_resolution_head_on_the_u_net(refine, head):
     assert tuple(out.shape) == (1, 32, 64, 1)
 
 
+def test_encoder_scale_refines_through_each_scale_to_the_input_size():
+    config = TrainConfig(image_size=(64, 96), decoder_width=256, encoder_scale=4)
+    net = build_model(config)
+    # Padded to multiples of 32 * 4: 128x128. The encoder sees the image pooled by 4; the head
+    # doubles three times (16, 8, 8 filters), joining the image at 1/4, 1/2 and full size.
+    assert config.padded_size == (128, 128)
+    assert tuple(net.get_layer("encoder").input.shape) == (None, 32, 32, 3)
+    skips = [net.get_layer(n).output.shape for n in ("refine_1_skip", "refine_2_skip")]
+    assert [tuple(s) for s in skips] == [(None, 32, 32, 19), (None, 64, 64, 11)]
+    assert tuple(net.get_layer("refine_skip").output.shape) == (None, 128, 128, 11)
+    out = net(np.zeros((1, 128, 128, 3), np.float32), training=False)
+    assert tuple(out.shape) == (1, 128, 128, 1)
+
+
 @pytest.mark.parametrize("model", ["cnn", "mobilenet"])
 def test_load_model_round_trip(tmp_path, model):
     config = TrainConfig(model=model, image_size=(32, 48))

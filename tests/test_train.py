@@ -38,6 +38,37 @@ def test_loss_by_hand():
     assert bce_dice_loss(0 * y, -20 * y).numpy()[0] < 1e-3
 
 
+def test_lovasz_hinge_by_hand():
+    from carvana.losses import lovasz_hinge
+
+    y = np.zeros((2, 4, 4, 1), np.float32)
+    y[:, 1:3, 1:3] = 1  # a 2x2 car in a 4x4 image
+    right = 20 * (2 * y - 1)
+    # Every margin beyond 1: no hinge error at all.
+    np.testing.assert_allclose(lovasz_hinge(y, right).numpy(), [0, 0])
+    # Logits 0: every hinge error is 1 and the weights add up to the Jaccard loss of all wrong.
+    np.testing.assert_allclose(lovasz_hinge(y, 0 * y).numpy(), [1, 1], rtol=1e-6)
+    # One background pixel at logit +1: hinge error 2, weighted by the Jaccard loss of that one
+    # pixel wrong, 1 - 4/5.
+    one_wrong = right.copy()
+    one_wrong[0, 0, 0, 0] = 1.0
+    np.testing.assert_allclose(lovasz_hinge(y, one_wrong).numpy(), [0.4, 0], atol=1e-6)
+
+
+def test_bce_lovasz_loss_has_gradients_and_vanishes_when_confidently_right():
+    from carvana.losses import LOSSES
+
+    y = np.zeros((2, 4, 4, 1), np.float32)
+    y[:, 1:3, 1:3] = 1
+    logits = tf.Variable(np.zeros_like(y))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(LOSSES["bce_lovasz"](y, logits))
+    grad = tape.gradient(loss, logits).numpy()
+    # Gradient descent raises the car's logits and lowers the background's.
+    assert (grad[y == 1] < 0).all() and (grad[y == 0] > 0).all()
+    assert LOSSES["bce_lovasz"](y, 20 * (2 * y - 1)).numpy().max() < 1e-3
+
+
 def test_dice_metric_is_the_mean_over_images():
     metric = DiceMetric()
     true = np.zeros((3, 2, 2, 1), np.float32)

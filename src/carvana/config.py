@@ -20,13 +20,21 @@ from importlib import metadata
 from pathlib import Path
 
 MODEL_NAMES = ("cnn", "mobilenet")
+LOSS_NAMES = ("bce_dice", "bce_lovasz")  # carvana.losses.LOSSES
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
 ENV_PREFIX = "CARVANA_"
 VERSIONS_KEY = "versions"  # config.json: the library versions a run was trained with
 RECORDED_PACKAGES = ("tensorflow", "keras", "keras-cv", "numpy")
 # Settings added after runs were already saved: the value a config.json without them meant.
-SAVED_BEFORE = {"decoder_width": 512, "refine": False, "val_images": 0}
+SAVED_BEFORE = {
+    "decoder_width": 512,
+    "refine": False,
+    "val_images": 0,
+    "loss": "bce_dice",
+    "encoder_scale": 1,
+}
+ENCODER_SCALES = (1, 2, 4)
 METAVARS = {"bool": "on|off", "size": "HxW", "shard": "i/n", "int": "N", "float": "X"}
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -161,6 +169,16 @@ class TrainConfig(_Settings):
         "MobileNetV2 U-Net: a full-resolution head (the image joined to the last upsampling) "
         "rather than the tutorial's single stride-2 deconvolution: on | off",
     )
+    encoder_scale: int = setting(
+        1,
+        "MobileNetV2 U-Net: its encoder sees the image shrunk by this factor (1, 2 or 4) and "
+        "the refine head brings the mask back to image_size with the image at each scale",
+    )
+    loss: str = setting(
+        "bce_dice",
+        f"training loss, per image: {' | '.join(LOSS_NAMES)} (binary cross-entropy plus soft "
+        "Dice, or plus the Lovasz hinge)",
+    )
     epochs: int = setting(20, "epochs to train")
     batch_size: int = setting(16, "images per step (global, over all replicas)")
     # MobileNetV2 U-Net from scratch, 4-minute CPU budget: held-out Dice 0.965 at 3e-3, 0.952
@@ -198,6 +216,19 @@ class TrainConfig(_Settings):
                 "two sides between 1 and 8192 pixels (HxW)",
                 size,
             )
+        _check(
+            self.encoder_scale in ENCODER_SCALES,
+            "encoder_scale",
+            f"one of {', '.join(map(str, ENCODER_SCALES))}",
+            self.encoder_scale,
+        )
+        _check(
+            self.encoder_scale == 1 or (self.model == "mobilenet" and self.refine),
+            "encoder_scale",
+            "1 unless the model is mobilenet with refine on",
+            self.encoder_scale,
+        )
+        _check(self.loss in LOSS_NAMES, "loss", f"one of {', '.join(LOSS_NAMES)}", self.loss)
         _check(self.decoder_width >= 8, "decoder_width", "at least 8", self.decoder_width)
         _check(self.epochs >= 1, "epochs", "at least 1", self.epochs)
         _check(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
@@ -223,8 +254,10 @@ class TrainConfig(_Settings):
 
     @property
     def padded_size(self) -> tuple[int, int]:
-        """Model input size: image_size rounded up to multiples of 32 (MobileNetV2's stride)."""
-        return tuple(32 * math.ceil(s / 32) for s in self.image_size)
+        """Model input size: image_size rounded up to multiples of 32 (MobileNetV2's stride)
+        times encoder_scale."""
+        step = 32 * self.encoder_scale
+        return tuple(step * math.ceil(s / step) for s in self.image_size)
 
     @property
     def jpeg_ratio(self) -> int:

@@ -47,15 +47,23 @@ def _logits(x):
     return layers.Activation("linear", dtype="float32", name="logits")(x)
 
 
-def refined_logits(x, image, filters: int, momentum: float):
-    """A full-resolution head: upsample to the input's size, join the (normalized) image,
-    one 3x3 conv step, then 1x1 logits. Without it the finest features are at stride 2."""
+def refine_step(x, image, filters: int, name: str, momentum: float):
+    """Upsample 2x, join the (normalized) image at that scale, one 3x3 conv + BN + ReLU."""
+    x = upsample(x, filters, f"{name}_up", momentum)
+    x = layers.Concatenate(name=f"{name}_skip")([x, image])
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def refined_logits(x, images: list, filters: int, momentum: float):
+    """A full-resolution head: `refine_step`s up to the input's size, each joining the image
+    at its scale (coarse to fine in `images`), then 1x1 logits. Without it the finest features
+    are at stride 2."""
     # Most of a from-scratch U-Net's error at 128x192 lies within a pixel of the car's edge.
-    x = upsample(x, filters, "refine_up", momentum)
-    x = layers.Concatenate(name="refine_skip")([x, image])
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name="refine_conv")(x)
-    x = layers.BatchNormalization(momentum=momentum, name="refine_bn")(x)
-    x = layers.ReLU(name="refine_relu")(x)
+    for i, image in enumerate(images):
+        name = "refine" if i == len(images) - 1 else f"refine_{i + 1}"
+        x = refine_step(x, image, max(8, filters >> i), name, momentum)
     x = layers.Conv2D(1, 1, name="logits_conv")(x)
     return layers.Activation("linear", dtype="float32", name="logits")(x)
 
@@ -92,11 +100,13 @@ def build_mobilenet(config: TrainConfig) -> keras.Model:
 
     The decoder's widths are decoder_width, /2, /4, /8 from coarse to fine (the tutorial's
     512 .. 64 at 512). With config.refine, `refined_logits` (decoder_width / 16 filters, at
-    least 8) replaces the tutorial's last stride-2 deconvolution."""
+    least 8) replaces the tutorial's last stride-2 deconvolution. With encoder_scale s > 1 the
+    encoder sees the image average-pooled by s and the head refines through each scale."""
     ph, pw = config.padded_size
+    scale = config.encoder_scale
     weights = _mobilenet_weights(config.weights)
     base = keras.applications.MobileNetV2(
-        input_shape=(ph, pw, 3), include_top=False, weights=weights
+        input_shape=(ph // scale, pw // scale, 3), include_top=False, weights=weights
     )
     encoder = keras.Model(
         base.input, [base.get_layer(n).output for n in MOBILENET_SKIPS], name="encoder"
@@ -107,7 +117,12 @@ def build_mobilenet(config: TrainConfig) -> keras.Model:
         set_bn_momentum(encoder, config.bn_momentum)
     inputs = keras.Input((ph, pw, 3), name="image")
     image = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
-    skips = encoder(image)
+    # The image at every scale the head refines through, coarse to fine.
+    images = [image]
+    while len(images) < scale.bit_length():
+        factor = 2 ** len(images)
+        images.insert(0, layers.AveragePooling2D(factor, name=f"image_by_{factor}")(image))
+    skips = encoder(images[0])
     x = skips[-1]
     for i, skip in enumerate(reversed(skips[:-1]), 1):
         filters = config.decoder_width >> (i - 1)
@@ -116,7 +131,7 @@ def build_mobilenet(config: TrainConfig) -> keras.Model:
     if config.refine:
         width = max(8, config.decoder_width >> 4)
         return keras.Model(
-            inputs, refined_logits(x, image, width, config.bn_momentum), name="mobilenet"
+            inputs, refined_logits(x, images, width, config.bn_momentum), name="mobilenet"
         )
     return keras.Model(inputs, _logits(x), name="mobilenet")
 

@@ -41,7 +41,7 @@ from carvana.history import (
     plot_curves,
     read_history,
 )
-from carvana.losses import bce_dice_loss, soft_dice
+from carvana.losses import LOSSES, bce_dice_loss, soft_dice
 from carvana.metrics import DiceMetric
 
 # Kept importable from here: evaluate, benchmarks and older scripts import them from train.
@@ -78,14 +78,14 @@ def compile_model(
     jit_compile: bool | str = "auto",
     replicas: int = 1,
 ) -> cb.PlannedCosine:
-    """Adam with cosine decay over the planned steps (or a time budget's progress), BCE + Dice
-    loss, Dice and accuracy; returns the learning-rate schedule."""
+    """Adam with cosine decay over the planned steps (or a time budget's progress), the
+    config's loss, Dice and accuracy; returns the learning-rate schedule."""
     progress = tf.Variable(0.0, trainable=False, name="schedule_progress")
     schedule = cb.PlannedCosine(config.learning_rate, steps, alpha=0.02, progress=progress)
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
         jit_compile=resolve_jit(jit_compile, replicas),
-        loss=bce_dice_loss,
+        loss=LOSSES[config.loss],
         metrics=[DiceMetric(), keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)],
     )
     return schedule
