@@ -201,3 +201,43 @@ def test_a_corrupt_train_image_stops_training_with_its_name(synth_copy, damage):
     path.write_bytes(broken)
     message = _first_error(data, ids)
     assert f"{ids[4]}.jpg" in message and "JPEG" in message
+
+
+def test_opencv_warp_matches_tensorflows_projective_transform():
+    import cv2
+
+    from carvana import augment
+
+    h, w = 24, 40
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    images = np.stack([xx, 2 * yy, xx + yy], axis=-1)[None].repeat(4, axis=0)
+    masks = ((xx - 20) ** 2 / 100 + (yy - 12) ** 2 / 36 < 1).astype(np.float32)[None, ..., None]
+    masks = masks.repeat(4, axis=0)
+    layer = augment.RandomGeometry(seed=3)
+    transforms = layer.get_random_transformation_batch(4, images=tf.constant(images)).numpy()
+    for batch, interpolation, cv_flag in (
+        (images, "BILINEAR", cv2.INTER_LINEAR),
+        (masks, "NEAREST", cv2.INTER_NEAREST),
+    ):
+        expected = tf.raw_ops.ImageProjectiveTransformV3(
+            images=batch,
+            transforms=transforms,
+            output_shape=[h, w],
+            fill_value=0.0,
+            interpolation=interpolation,
+            fill_mode="CONSTANT",
+        ).numpy()
+        got = augment.warp_affine(batch, transforms, cv_flag)
+        assert got.shape == batch.shape
+        # OpenCV's bilinear weights are 5-bit fixed point: off by at most 1/32 of a pixel's
+        # step, and the steepest channel here rises by 2 a pixel.
+        np.testing.assert_allclose(got, expected, atol=2 / 32 + 1e-4)
+
+
+def test_colour_affine_maps_pixels_and_clips():
+    from carvana import augment
+
+    images = np.array([[[[10.0, 20.0, 30.0], [250.0, 0.0, 100.0]]]], np.float32)
+    swap_and_brighten = np.array([[0, 1, 0, 5], [1, 0, 0, 5], [0, 0, 2, 5]], np.float32)
+    got = augment.color_affine(images, swap_and_brighten[None])
+    np.testing.assert_allclose(got, [[[[25.0, 15.0, 65.0], [5.0, 255.0, 205.0]]]])

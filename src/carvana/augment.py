@@ -3,12 +3,16 @@
 Two KerasCV layers (subclasses of keras_cv's vectorized augmentation base, so they take the
 same dictionaries as its stock layers) do the work in one pass each:
 
-- `RandomGeometry`: horizontal flip, shift, zoom and rotation composed into one projective
+- `RandomGeometry`: horizontal flip, shift, zoom and rotation composed into one affine
   transform per image, applied to the image (bilinear) and to its mask (nearest), so the two
   stay aligned and the mask stays binary; the uncovered border is filled with 0 (black image,
-  background mask), like the padding.
+  background mask), like the padding. The resampling is OpenCV's `warpAffine` (SIMD, releases
+  the GIL): on 2 CPU cores it is ~3x cheaper than TensorFlow's ImageProjectiveTransformV3 on
+  the same transforms, and the input shares those cores with the model (with a GPU, it is the
+  CPU that feeds it).
 - `RandomColor`: brightness, contrast and hue of the image only, as one 3x3 colour matrix plus
-  offset per image (hue is a rotation about the grey axis, which keeps greys grey).
+  offset per image (hue is a rotation about the grey axis, which keeps greys grey), applied
+  with OpenCV's `transform`.
 
 Why not chain keras_cv's RandomFlip, RandomTranslation, RandomZoom, RandomRotation,
 RandomBrightness, RandomContrast and RandomHue: on 2 CPU cores that chain delivers ~30-60
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import math
 
+import cv2
+import numpy as np
 import tensorflow as tf
 
 
@@ -46,6 +52,28 @@ except (ImportError, AttributeError) as err:
 GREY_AXIS_CROSS = tf.constant([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3)
 
 
+def warp_affine(images: np.ndarray, transforms: np.ndarray, interpolation) -> np.ndarray:
+    """Resample each (h, w, c) image of a batch by its transform (output pixel -> input pixel,
+    TensorFlow's 8-number projective form with a zero last row), filling outside with 0."""
+    out = np.empty_like(images)
+    h, w = images.shape[1:3]
+    flags = int(interpolation) | cv2.WARP_INVERSE_MAP
+    for i, (image, transform) in enumerate(zip(images, transforms, strict=True)):
+        matrix = np.asarray(transform[:6], np.float64).reshape(2, 3)
+        warped = cv2.warpAffine(image, matrix, (w, h), flags=flags, borderValue=0)
+        out[i] = warped.reshape(out.shape[1:])  # OpenCV drops a channel axis of 1
+    return out
+
+
+def color_affine(images: np.ndarray, affines: np.ndarray) -> np.ndarray:
+    """Map every pixel's colour of each image by its (3, 4) matrix (last column the offset),
+    clipped to 0..255 (OpenCV's transform: ~5x cheaper on CPU than a TensorFlow einsum)."""
+    out = np.empty_like(images)
+    for i, (image, affine) in enumerate(zip(images, affines, strict=True)):
+        cv2.transform(image, affine.astype(images.dtype), dst=out[i])
+    return np.clip(out, 0, 255, out=out)
+
+
 class RandomGeometry(VectorizedBaseImageAugmentationLayer):
     """Random horizontal flip, shift, zoom and rotation of images and masks, in one transform.
 
@@ -57,7 +85,8 @@ class RandomGeometry(VectorizedBaseImageAugmentationLayer):
         self.flip, self.shift, self.zoom, self.degrees, self.seed = flip, shift, zoom, degrees, seed
 
     def get_random_transformation_batch(self, batch_size, images=None, **kwargs):
-        """Per-image projective transforms (output pixel -> input pixel), shape (b, 8)."""
+        """Per-image affine transforms (output pixel -> input pixel) in TensorFlow's
+        projective form, shape (b, 8)."""
         uniform = self._random_generator.uniform
         shape = tf.shape(images)
         h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
@@ -76,22 +105,17 @@ class RandomGeometry(VectorizedBaseImageAugmentationLayer):
         return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
     def _transform(self, images, transforms, interpolation):
-        out = tf.raw_ops.ImageProjectiveTransformV3(
-            images=images,
-            transforms=transforms,
-            output_shape=tf.shape(images)[1:3],
-            fill_value=0.0,
-            interpolation=interpolation,
-            fill_mode="CONSTANT",
+        out = tf.numpy_function(
+            warp_affine, [images, transforms, interpolation], images.dtype, stateful=False
         )
         out.set_shape(images.shape)
         return out
 
     def augment_images(self, images, transformations, **kwargs):
-        return self._transform(images, transformations, "BILINEAR")
+        return self._transform(images, transformations, cv2.INTER_LINEAR)
 
     def augment_segmentation_masks(self, segmentation_masks, transformations, **kwargs):
-        return self._transform(segmentation_masks, transformations, "NEAREST")
+        return self._transform(segmentation_masks, transformations, cv2.INTER_NEAREST)
 
     def augment_labels(self, labels, transformations, **kwargs):
         return labels
@@ -135,11 +159,13 @@ class RandomColor(VectorizedBaseImageAugmentationLayer):
             + (1 - tf.cos(phi)) / 3 * tf.ones((3, 3))
             + tf.sin(phi) * GREY_AXIS_CROSS
         )
-        matrix = c[:, None, None] * tf.transpose(rotation, (0, 2, 1))  # rows act on x as x @ M
+        matrix = c[:, None, None] * rotation  # acts on a pixel's column vector of (r, g, b)
         mean = tf.reduce_mean(images, axis=(1, 2, 3))
         offset = (1 - c) * mean + transformations["brightness"]
-        out = tf.einsum("bhwc,bcd->bhwd", images, matrix) + offset[:, None, None, None]
-        return tf.clip_by_value(out, 0.0, 255.0)
+        affine = tf.concat([matrix, tf.tile(offset[:, None, None], (1, 3, 1))], axis=2)
+        out = tf.numpy_function(color_affine, [images, affine], images.dtype, stateful=False)
+        out.set_shape(images.shape)
+        return out
 
     def augment_segmentation_masks(self, segmentation_masks, transformations, **kwargs):
         return segmentation_masks
