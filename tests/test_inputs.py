@@ -71,6 +71,18 @@ def test_validation_dataset_geometry_and_masks(synth_dirs, layout):
     assert crop_to_image(images, CONFIG).shape == (10, 32, 48, 3)
 
 
+def test_encoder_scale_padding_reaches_the_dataset(synth_dirs):
+    # 32x48 at encoder_scale 2 pads to 64x64, not to the 32x64 of scale 1: the decoder is
+    # shared between configs, so it must be keyed on the padded size too.
+    data = CarvanaData(synth_dirs["folders"])
+    ids = data.train_ids()[:2]
+    list(get_dataset(data, ids, CONFIG, training=False, cache=None))  # scale 1 first
+    scaled = CONFIG.replace(model="mobilenet", refine=True, encoder_scale=2)
+    x, y = next(iter(get_dataset(data, ids, scaled, training=False, cache=None)))
+    assert x.shape[1:] == (64, 64, 3) and y.shape[1:] == (64, 64, 1)
+    assert not x.numpy()[:, 32:].any() and not y.numpy()[:, :, 48:].any()
+
+
 def test_cache_decodes_once_in_memory_and_in_a_file(synth_dirs, tmp_path):
     ids = CarvanaData(synth_dirs["folders"]).train_ids()[:12]
     counting = CountingData(synth_dirs["folders"])

@@ -35,9 +35,12 @@ READ_THREADS = 4  # JPEG and GIF decoding and mask resizing release the GIL
 
 def decode_image(jpeg: tf.Tensor, config: TrainConfig) -> tf.Tensor:
     """JPEG bytes -> uint8 (padded_h, padded_w, 3) image at the model's input geometry."""
-    h, w = config.image_size
-    ph, pw = config.padded_size
-    image = tf.io.decode_jpeg(jpeg, channels=3, ratio=config.jpeg_ratio)
+    return _decode_at(jpeg, config.image_size, config.padded_size, config.jpeg_ratio)
+
+
+def _decode_at(jpeg: tf.Tensor, size: tuple, padded: tuple, ratio: int) -> tf.Tensor:
+    h, w = size
+    image = tf.io.decode_jpeg(jpeg, channels=3, ratio=ratio)
     shape = tf.shape(image)
     image = tf.cond(
         tf.logical_and(tf.equal(shape[0], h), tf.equal(shape[1], w)),
@@ -48,7 +51,7 @@ def decode_image(jpeg: tf.Tensor, config: TrainConfig) -> tf.Tensor:
         ),
     )
     image = tf.ensure_shape(image, (h, w, 3))
-    return tf.image.pad_to_bounding_box(image, 0, 0, ph, pw)
+    return tf.image.pad_to_bounding_box(image, 0, 0, *padded)
 
 
 def crop_to_image(padded: tf.Tensor, config: TrainConfig) -> tf.Tensor:
@@ -85,12 +88,13 @@ def _where(store, name: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _decoder(image_size: tuple[int, int], original_size: tuple[int, int]):
-    """One compiled JPEG decoder per geometry: a run builds several datasets (training,
-    validation, calibration, previews), and a new tf.function each time would trace again."""
-    config = TrainConfig(image_size=image_size, original_size=original_size)
+def _decoder(size: tuple[int, int], padded: tuple[int, int], ratio: int):
+    """One compiled JPEG decoder per geometry (the key is all decode_image depends on): a run
+    builds several datasets (training, validation, calibration, previews), and a new
+    tf.function each time would trace again."""
     return tf.function(
-        lambda jpeg: decode_image(jpeg, config), input_signature=[tf.TensorSpec([], tf.string)]
+        lambda jpeg: _decode_at(jpeg, size, padded, ratio),
+        input_signature=[tf.TensorSpec([], tf.string)],
     )
 
 
@@ -102,7 +106,9 @@ class PairReader:
         self.data, self.config = data, config
         # Decoded here, in the reader's threads, not in a tf.data map: a JPEG that TensorFlow
         # cannot decode is then an error naming its file, not a TF error naming no file.
-        self.decode = _decoder(config.image_size, config.original_size)
+        self.decode = _decoder(
+            tuple(config.image_size), tuple(config.padded_size), config.jpeg_ratio
+        )
 
     def __call__(self, image_id: str) -> Example:
         """The checked, decoded pair of one image id."""
