@@ -85,6 +85,7 @@ def lever_settings(args) -> dict:
         "decoder_width": args.decoder_width,
         "loss": args.loss,
         "encoder_scale": args.encoder_scale,
+        "warmup": args.warmup,
         "augment": None if args.augment is None else args.augment == "on",
     }
     return {k: v for k, v in given.items() if v is not None}
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bn-momentum", type=float)
     parser.add_argument("--decoder-width", type=int)
     parser.add_argument("--loss", choices=("bce_dice", "bce_lovasz"))
+    parser.add_argument("--warmup", type=float, help="fraction of the schedule warming up")
     parser.add_argument("--encoder-scale", type=int, help="1, 2 or 4 (mobilenet with refine)")
     parser.add_argument("--augment", choices=("on", "off"))
     parser.add_argument(

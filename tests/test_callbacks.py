@@ -23,6 +23,17 @@ def test_planned_cosine_follows_the_larger_progress():
     assert float(schedule(90)) == pytest.approx(0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * 0.9)))
 
 
+def test_warmup_ramps_the_cosine_linearly():
+    schedule = PlannedCosine(1.0, decay_steps=100, alpha=0.0, warmup=0.1)
+    assert float(schedule(0)) == pytest.approx(0.0)
+    assert float(schedule(5)) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 0.05)))
+    assert float(schedule(10)) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))
+    assert float(schedule(50)) == pytest.approx(0.5)  # after the ramp: the plain cosine
+    progress = tf.Variable(0.02)  # a time budget's progress ramps it the same way
+    budgeted = PlannedCosine(1.0, decay_steps=10**6, alpha=0.0, progress=progress, warmup=0.1)
+    assert float(budgeted(0)) == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 0.02)))
+
+
 class _Clock:
     def __init__(self):
         self.now = 1000.0

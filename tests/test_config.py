@@ -136,6 +136,8 @@ def test_parse_value_rejects_with_the_reason(name, text, message):
         (TrainConfig, {"model": "resnet"}, "model"),
         (TrainConfig, {"loss": "focal"}, "loss"),
         (TrainConfig, {"encoder_scale": 3}, "encoder_scale"),
+        (TrainConfig, {"warmup": 1.0}, "warmup"),
+        (TrainConfig, {"warmup": -0.1}, "warmup"),
         (TrainConfig, {"encoder_scale": 2, "model": "cnn"}, "encoder_scale"),
         (TrainConfig, {"encoder_scale": 2, "refine": False}, "encoder_scale"),
         (PredictConfig, {"batch_size": 0}, "batch_size"),

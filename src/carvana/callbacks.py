@@ -221,12 +221,16 @@ class TimeLimit(keras.callbacks.Callback):
 class PlannedCosine(keras.optimizers.schedules.LearningRateSchedule):
     """Cosine decay from `initial` to alpha * initial, at the larger of two progresses: the
     step over `decay_steps` (the epochs' plan) and `progress`, a variable a Budget advances
-    with the time spent (0 without a budget). Without a budget it is Keras's CosineDecay."""
+    with the time spent (0 without a budget). Without a budget it is Keras's CosineDecay.
+    With `warmup` w > 0 the rate is also scaled by progress / w over the first w of it."""
 
-    def __init__(self, initial: float, decay_steps: int, alpha: float = 0.02, progress=None):
+    def __init__(
+        self, initial: float, decay_steps: int, alpha: float = 0.02, progress=None, warmup=0.0
+    ):
         import tensorflow as tf
 
         self.initial, self.decay_steps, self.alpha = initial, max(1, decay_steps), alpha
+        self.warmup = warmup
         self.progress = progress if progress is not None else tf.Variable(0.0, trainable=False)
 
     def __call__(self, step):
@@ -235,11 +239,19 @@ class PlannedCosine(keras.optimizers.schedules.LearningRateSchedule):
         done = tf.cast(step, tf.float32) / float(self.decay_steps)
         done = tf.clip_by_value(tf.maximum(done, tf.cast(self.progress, tf.float32)), 0.0, 1.0)
         cosine = 0.5 * (1.0 + tf.cos(math.pi * done))
-        return self.initial * ((1.0 - self.alpha) * cosine + self.alpha)
+        rate = self.initial * ((1.0 - self.alpha) * cosine + self.alpha)
+        if self.warmup > 0:
+            rate *= tf.minimum(1.0, done / self.warmup)
+        return rate
 
     def get_config(self):
         """The schedule's settings (its progress lives in the run's state, not here)."""
-        return {"initial": self.initial, "decay_steps": self.decay_steps, "alpha": self.alpha}
+        return {
+            "initial": self.initial,
+            "decay_steps": self.decay_steps,
+            "alpha": self.alpha,
+            "warmup": self.warmup,
+        }
 
 
 class Budget(keras.callbacks.Callback):

@@ -33,6 +33,7 @@ SAVED_BEFORE = {
     "val_images": 0,
     "loss": "bce_dice",
     "encoder_scale": 1,
+    "warmup": 0.0,
 }
 ENCODER_SCALES = (1, 2, 4)
 METAVARS = {"bool": "on|off", "size": "HxW", "shard": "i/n", "int": "N", "float": "X"}
@@ -184,6 +185,9 @@ class TrainConfig(_Settings):
     # MobileNetV2 U-Net from scratch, 4-minute CPU budget: held-out Dice 0.965 at 3e-3, 0.952
     # at 1e-3 (benchmarks/quality.py --lr).
     learning_rate: float = setting(3e-3, "initial learning rate", flag="lr")
+    warmup: float = setting(
+        0.0, "fraction of the schedule over which the learning rate rises linearly from 0"
+    )
     patience: int = setting(5, "early-stopping patience in epochs")
     augment: bool = setting(True, "KerasCV augmentation: on | off")
     val_fraction: float = setting(0.2, "fraction of cars held out for validation")
@@ -238,6 +242,7 @@ class TrainConfig(_Settings):
             "a positive number",
             self.learning_rate,
         )
+        _check(0.0 <= self.warmup < 1.0, "warmup", "in [0, 1)", self.warmup)
         _check(self.patience >= 1, "patience", "at least 1", self.patience)
         _check(0.0 <= self.val_fraction < 1.0, "val_fraction", "in [0, 1)", self.val_fraction)
         _check(0.0 <= self.bn_momentum < 1.0, "bn_momentum", "in [0, 1)", self.bn_momentum)

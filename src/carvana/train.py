@@ -81,7 +81,9 @@ def compile_model(
     """Adam with cosine decay over the planned steps (or a time budget's progress), the
     config's loss, Dice and accuracy; returns the learning-rate schedule."""
     progress = tf.Variable(0.0, trainable=False, name="schedule_progress")
-    schedule = cb.PlannedCosine(config.learning_rate, steps, alpha=0.02, progress=progress)
+    schedule = cb.PlannedCosine(
+        config.learning_rate, steps, alpha=0.02, progress=progress, warmup=config.warmup
+    )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
         jit_compile=resolve_jit(jit_compile, replicas),
