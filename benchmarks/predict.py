@@ -101,6 +101,23 @@ def car_probabilities(config) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return masks, probs
 
 
+def guided_postprocess(data):
+    """Post-processing with the edge filter on one test JPEG (None before carvana.edges)."""
+    try:
+        from carvana import edges
+    except ImportError:
+        return None
+    from carvana import rle
+
+    jpeg = data.read_test_bytes(data.test_names()[0])
+
+    def post(prob):
+        levels = edges.refined_levels((prob,), FULL, edges.guide_image(jpeg))
+        return rle.encode((levels > 127).view(np.uint8))
+
+    return post
+
+
 def rate(fn, items, seconds: float = 3.0) -> float:
     """Items per second of fn over items, repeated for about `seconds`."""
     fn(items[0])
@@ -185,14 +202,17 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def predict_rate(data, run_dir: Path, out: Path, n: int, batch: int) -> tuple[float, float]:
+def predict_rate(
+    data, run_dir: Path, out: Path, n: int, batch: int, **settings
+) -> tuple[float, float]:
     """(images/s of the prediction loop, CPU ms per image) of one `predict` run of n images;
     the final validation is left out of both (it is timed apart)."""
     from carvana.config import PredictConfig
     from carvana.predict import predict
 
     cpu = cpu_seconds()
-    summary = predict(data, run_dir, out, PredictConfig(batch_size=batch, limit=n), progress=False)
+    pconfig = PredictConfig(batch_size=batch, limit=n, **settings)
+    summary = predict(data, run_dir, out, pconfig, progress=False)
     cpu = cpu_seconds() - cpu
     assert summary["ok"] and summary["rows"] == n, summary["problems"][:3]
     began, check = time.perf_counter(), cpu_seconds()
@@ -261,6 +281,9 @@ def main(argv=None) -> None:
         f"  upscale+threshold+RLE, {pconfig.workers} threads:     "
         f"{pooled_rate(post, probs, pconfig.workers):8.0f} img/s"
     )
+    guided = guided_postprocess(data)
+    if guided is not None:
+        print(f"  + guided filter (decode guide), 1 thread: {rate(guided, probs):6.0f} img/s")
 
     print(f"\n[end-to-end, trivial 1x1-conv model at 160x256, batch {args.batch_size}]  {load()}")
     trivial = save_run(args.work / "run-trivial", config, trivial_model(config)[0])
@@ -273,6 +296,13 @@ def main(argv=None) -> None:
     ]
     e2e_trivial, cpu = best("predict: zip, decode, model, upscale, RLE, csv.gz", runs)
     print(f"  -> {2e3 / cpu:.0f} img/s if 2 cores were free (by CPU time)")
+    if guided is not None:
+        runs = [
+            predict_rate(data, trivial, out, args.trivial_images, args.batch_size, guided=False)
+            for _ in range(args.rounds)
+        ]
+        plain, plain_cpu = best("the same with --guided off", runs)
+        print(f"  -> {2e3 / plain_cpu:.0f} img/s if 2 cores were free (by CPU time)")
     use_model(None)
 
     e2e = None

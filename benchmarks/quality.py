@@ -87,6 +87,7 @@ def lever_settings(args) -> dict:
         "encoder_scale": args.encoder_scale,
         "warmup": args.warmup,
         "augment": None if args.augment is None else args.augment == "on",
+        "soft_targets": None if args.soft_targets is None else args.soft_targets == "on",
     }
     return {k: v for k, v in given.items() if v is not None}
 
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, help="fraction of the schedule warming up")
     parser.add_argument("--encoder-scale", type=int, help="1, 2 or 4 (mobilenet with refine)")
     parser.add_argument("--augment", choices=("on", "off"))
+    parser.add_argument("--soft-targets", choices=("on", "off"), help="train on car shares")
     parser.add_argument(
         "--precision", default="auto", help="auto | float32 | mixed_float16 | mixed_bfloat16"
     )

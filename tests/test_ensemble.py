@@ -13,6 +13,7 @@ import tensorflow as tf
 import carvana.predict
 from carvana import cli, rle
 from carvana.config import PredictConfig, TrainConfig
+from carvana.edges import guide_image, refined_levels
 from carvana.files import CarvanaData
 from carvana.inputs import decode_image
 from carvana.predict import file_sha256, predict
@@ -54,13 +55,18 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return made
 
 
-def level_map(data, name: str, config: TrainConfig, kind: str) -> np.ndarray:
-    """One model's uint8 map of a test image upscaled with cv2, computed without predict."""
+def model_map(data, name: str, config: TrainConfig, kind: str) -> np.ndarray:
+    """One model's uint8 probability map*255 of a test image at its size, without predict."""
     h, w = config.image_size
     jpeg = data.read_test_bytes(name)
     image = decode_image(tf.constant(jpeg), config).numpy()
     logits = conv_model(config, kind)(image[None].astype(np.float32)).numpy()[0, :h, :w, 0]
-    small = np.round(255 / (1 + np.exp(-logits.astype(np.float64)))).astype(np.uint8)
+    return np.round(255 / (1 + np.exp(-logits.astype(np.float64)))).astype(np.uint8)
+
+
+def level_map(data, name: str, config: TrainConfig, kind: str) -> np.ndarray:
+    """One model's uint8 map of a test image upscaled with cv2, computed without predict."""
+    small = model_map(data, name, config, kind)
     return cv2.resize(small, (192, 128), interpolation=cv2.INTER_LINEAR).astype(np.int64)
 
 
@@ -69,7 +75,8 @@ def rows_of(path) -> dict[str, str]:
 
 
 def run_predict(data, run_dirs, out, **settings) -> dict[str, str]:
-    summary = predict(data, run_dirs, out, PredictConfig(batch_size=5, **settings), progress=False)
+    settings = {"batch_size": 5, "guided": False, **settings}  # level_map: plain bilinear
+    summary = predict(data, run_dirs, out, PredictConfig(**settings), progress=False)
     assert summary["ok"] and validate(out, data) == []
     return rows_of(out)
 
@@ -92,9 +99,20 @@ def test_an_ensemble_of_two_runs_averages_their_full_size_maps(synth_dirs, runs,
         assert both[name] == rle.encode(total > 2 * 127), name  # mean > floor(0.5 * 255)
     # the CLI takes --run twice, and a resume of the pair refuses a single run
     out = tmp_path / "cli.csv.gz"
-    args = ["predict", "--data", str(synth_dirs["zipped"]), "--out", str(out)]
+    args = ["predict", "--data", str(synth_dirs["zipped"]), "--out", str(out), "--guided", "off"]
     assert cli.main([*args, "--run", str(runs["a"]), "--run", str(runs["b"])]) == 0
     assert rows_of(out) == both
+
+
+def test_guided_masks_are_the_refined_mean_of_the_maps(synth_dirs, runs, tmp_path):
+    data = CarvanaData(synth_dirs["zipped"])
+    plain = run_predict(data, [runs["a"], runs["b"]], tmp_path / "p.csv.gz")
+    guided = run_predict(data, [runs["a"], runs["b"]], tmp_path / "g.csv.gz", guided=True)
+    assert guided != plain
+    for name in data.test_names():
+        probs = (model_map(data, name, A, "a"), model_map(data, name, B, "b"))
+        levels = refined_levels(probs, (128, 192), guide_image(data.read_test_bytes(name)))
+        assert guided[name] == rle.encode(levels > 2 * 127), name
 
 
 def test_predict_uses_the_runs_tuned_threshold_unless_given(synth_dirs, runs, tmp_path):
@@ -105,14 +123,16 @@ def test_predict_uses_the_runs_tuned_threshold_unless_given(synth_dirs, runs, tm
     (run / THRESHOLDS_FILE).write_text(json.dumps(tuned))
     names = data.test_names()
     expected = {n: rle.encode(level_map(data, n, A, "a") > 76) for n in names}  # floor(76.5)
-    summary = predict(data, run, tmp_path / "t.csv.gz", PredictConfig(), progress=False)
+    summary = predict(data, run, tmp_path / "t.csv.gz", PredictConfig(guided=False), progress=False)
     assert summary["threshold"] == 0.3 and rows_of(tmp_path / "t.csv.gz") == expected
     given = run_predict(data, run, tmp_path / "g.csv.gz", threshold=0.5)
     assert given == run_predict(data, runs["a"], tmp_path / "a.csv.gz") != expected
     # the ensemble's threshold: the mean of its runs' own (0.3 tuned, 0.5 by default)
-    pair = predict(data, [run, runs["b"]], tmp_path / "p.csv.gz", PredictConfig(), progress=False)
+    pair = predict(
+        data, [run, runs["b"]], tmp_path / "p.csv.gz", PredictConfig(guided=False), progress=False
+    )
     assert pair["threshold"] == pytest.approx(0.4)
     # a thresholds file of another model (trained further since) is not this model's
     (run / THRESHOLDS_FILE).write_text(json.dumps({**tuned, "model_sha256": "0" * 64}))
-    stale = predict(data, run, tmp_path / "s.csv.gz", PredictConfig(), progress=False)
+    stale = predict(data, run, tmp_path / "s.csv.gz", PredictConfig(guided=False), progress=False)
     assert stale["threshold"] == 0.5

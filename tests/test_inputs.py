@@ -49,6 +49,36 @@ def test_shrink_mask_keeps_masks_binary_by_coverage():
     np.testing.assert_array_equal(out[..., 0], [[1, 0], [0, 1]])
 
 
+def test_soft_targets_keep_each_pixels_car_share():
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0:2, 0:2] = 1  # share 1
+    mask[0, 2] = 1  # share 1/4: 63.75 -> 64
+    mask[2:4, 2] = 1  # share 1/2: 127.5 -> 128 (round half to even)
+    config = TrainConfig(image_size=(2, 2), original_size=(4, 4), soft_targets=True)
+    out = shrink_mask(mask, config)
+    assert out.shape == (2, 2, 1) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[..., 0], [[255, 64], [0, 128]])
+
+
+def test_soft_training_dataset_gives_shares_that_survive_augmentation(synth_dirs):
+    data = CarvanaData(synth_dirs["folders"])
+    ids = data.train_ids()[:8]
+    soft = CONFIG.replace(soft_targets=True)
+    ((_, plain),) = get_dataset(data, ids, soft, training=False, cache=None)
+    plain = plain.numpy()
+    for i, image_id in enumerate(ids):  # validation order is the ids' order
+        expected = shrink_mask(data.read_mask(image_id), soft)[..., 0] / 255
+        np.testing.assert_allclose(plain[i, :, :48, 0], expected, atol=1e-6)
+    # The synthetic cars' edges cut model pixels: shares strictly between 0 and 1 exist.
+    assert ((plain > 0) & (plain < 1)).mean() > 0.005
+    ((_, augmented),) = get_dataset(data, ids, soft.replace(batch_size=8), training=True)
+    augmented = augmented.numpy()
+    assert 0.0 <= augmented.min() and augmented.max() <= 1.0
+    assert ((augmented > 0) & (augmented < 1)).mean() > 0.005
+    with pytest.raises(ValueError, match="soft_targets off"):
+        get_dataset(data, ids, soft, training=True, augmenter="stock")
+
+
 @pytest.mark.parametrize("layout", ["folders", "zipped"])
 def test_validation_dataset_geometry_and_masks(synth_dirs, layout):
     data = CarvanaData(synth_dirs[layout])
@@ -119,18 +149,25 @@ def _misaligned(car: np.ndarray, mask: np.ndarray) -> float:
     return float(np.mean((car != mask.astype(bool)) & ~edge))
 
 
-@pytest.mark.parametrize("augmenter", ["fused", "stock"])
+@pytest.mark.parametrize("augmenter", ["fused", "stock", "fused-soft"])
 def test_augmentation_keeps_image_and_mask_aligned(augmenter):
     from carvana import augment
 
     images, masks = _shapes_batch()
-    layers = {"fused": augment.fused_augmenter, "stock": augment.stock_augmenter}[augmenter](7)
-    fn = tf.function(lambda x, y: augment.augment_batch(x, y, layers))
+    soft = augmenter == "fused-soft"
+    if soft:
+        layers = augment.fused_augmenter(7, soft_masks=True)
+    else:
+        layers = {"fused": augment.fused_augmenter, "stock": augment.stock_augmenter}[augmenter](7)
+    fn = tf.function(lambda x, y: augment.augment_batch(x, y, layers, soft))
     moved = 0
     for _ in range(3):
         out_x, out_y = (t.numpy() for t in fn(tf.constant(images), tf.constant(masks)))
         assert out_x.shape == images.shape and out_y.shape == masks.shape
-        assert set(np.unique(out_y)) <= {0.0, 1.0}
+        if soft:  # bilinear: shares between 0 and 1 along the edges
+            assert 0 <= out_y.min() and out_y.max() <= 1 and ((out_y > 0) & (out_y < 1)).any()
+        else:
+            assert set(np.unique(out_y)) <= {0.0, 1.0}
         car = out_x.mean(axis=-1) > 127.5
         for i in range(len(images)):
             off = _misaligned(car[i], out_y[i, ..., 0])

@@ -20,6 +20,7 @@ import tensorflow as tf
 import carvana.predict
 from carvana import cli, rle
 from carvana.config import PredictConfig, TrainConfig
+from carvana.edges import guide_image, refined_levels
 from carvana.files import CarvanaData
 from carvana.inference import make_forward, predict_masks, upscale_mask
 from carvana.inputs import decode_image
@@ -68,8 +69,9 @@ def stream_data(tmp_path_factory) -> CarvanaData:
     return CarvanaData(synthesize(root, train_cars=1, test_images=48, size=(128, 192), seed=3))
 
 
-def by_hand(data: CarvanaData, names, threshold=0.5):
-    """Rows computed without predict: decode, model, crop, round to uint8, cv2 upscale, >."""
+def by_hand(data: CarvanaData, names, threshold=0.5, guided=True):
+    """Rows computed without predict: decode, model, crop, round to uint8, cv2 upscale (through
+    the edge filter when `guided`, as predict does by default), >."""
     model = conv_model(CONFIG)
     h, w = CONFIG.image_size
     rows = {}
@@ -80,7 +82,10 @@ def by_hand(data: CarvanaData, names, threshold=0.5):
         prob = 1 / (1 + np.exp(-logits.astype(np.float64)))
         small = np.round(prob * 255).astype(np.uint8)
         H, W = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE).shape
-        up = cv2.resize(small, (W, H), interpolation=cv2.INTER_LINEAR)
+        if guided:
+            up = refined_levels((small,), (H, W), guide_image(jpeg))
+        else:
+            up = cv2.resize(small, (W, H), interpolation=cv2.INTER_LINEAR)
         rows[name] = rle.encode(up > threshold * 255)
     return rows
 
@@ -180,7 +185,11 @@ def test_predict_equals_the_direct_computation(synth_dirs, run_dir, reference, t
     assert summary["ok"] and summary["rows"] == 12 and summary["bad_images"] == []
     assert rows_of(out) == sorted(reference.items())
     assert validate(out, data) == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv.gz"]
+    plain = tmp_path / "plain.csv.gz"
+    predict(data, run_dir, plain, PredictConfig(batch_size=5, guided=False), progress=False)
+    assert rows_of(plain) == sorted(by_hand(data, data.test_names(), guided=False).items())
+    assert rows_of(plain) != rows_of(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.csv.gz", "submission.csv.gz"]
     # uint8 probabilities change at most a few boundary pixels against float upscaling
     name, text = rows_of(out)[0]
     image = decode_image(tf.constant(data.read_test_bytes(name)), CONFIG).numpy()
@@ -476,3 +485,12 @@ def test_a_header_claiming_an_absurd_size_is_an_empty_row(synth_copy, run_dir, t
     assert rows[names[2]] == "" and len(rows) == 12 and all(rows[n] for n in names if n != names[2])
     again = predict(CarvanaData(root), run_dir, out, FAST, allow_bad_images=True, progress=False)
     assert again["ok"] and again["bad_images"] == [names[2]]
+
+
+def test_a_resume_key_saved_before_the_edge_filter_stands_for_unfiltered_rows(run_dir):
+    from carvana.predict import key_differences, resume_key
+
+    now = resume_key([run_dir], PredictConfig())
+    older = {k: v for k, v in now.items() if k != "guided"}
+    assert key_differences(older, now) == ["guided False -> True"]
+    assert key_differences(older, resume_key([run_dir], PredictConfig(guided=False))) == []

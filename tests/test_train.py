@@ -53,6 +53,9 @@ def test_lovasz_hinge_by_hand():
     one_wrong = right.copy()
     one_wrong[0, 0, 0, 0] = 1.0
     np.testing.assert_allclose(lovasz_hinge(y, one_wrong).numpy(), [0.4, 0], atol=1e-6)
+    # Soft targets (car shares) take their sign from 0.5: the same as the 0/1 mask they round to.
+    shares = np.where(y == 1, 0.75, 0.25).astype(np.float32)
+    np.testing.assert_allclose(lovasz_hinge(shares, one_wrong).numpy(), [0.4, 0], atol=1e-6)
 
 
 def test_bce_lovasz_loss_has_gradients_and_vanishes_when_confidently_right():
@@ -82,6 +85,20 @@ def test_dice_metric_is_the_mean_over_images():
     metric.reset_state()
     metric.update_state(true[1:2], logits[1:2])
     assert metric.result().numpy() == 1.0
+    # Soft targets are scored as the masks they stand for (share >= 0.5).
+    metric.reset_state()
+    metric.update_state(np.where(true == 1, 0.5, 0.49), logits)
+    np.testing.assert_allclose(metric.result().numpy(), (4 / 6 + 1 + 0) / 3, rtol=1e-6)
+
+
+def test_pixel_accuracy_scores_soft_targets_as_their_masks():
+    from carvana.metrics import PixelAccuracy
+
+    true = np.array([[1.0, 0.6, 0.4, 0.0]], np.float32).reshape(1, 2, 2, 1)
+    logits = np.array([[3.0, 1.0, -1.0, 2.0]], np.float32).reshape(1, 2, 2, 1)
+    metric = PixelAccuracy()
+    metric.update_state(true, logits)
+    assert metric.result().numpy() == pytest.approx(3 / 4)  # only the last pixel is wrong
 
 
 def test_recalibrate_bn_averages_the_batch_statistics():

@@ -4,8 +4,8 @@ Two KerasCV layers (subclasses of keras_cv's vectorized augmentation base, so th
 same dictionaries as its stock layers) do the work in one pass each:
 
 - `RandomGeometry`: horizontal flip, shift, zoom and rotation composed into one affine
-  transform per image, applied to the image (bilinear) and to its mask (nearest), so the two
-  stay aligned and the mask stays binary; the uncovered border is filled with 0 (black image,
+  transform per image, applied to the image (bilinear) and to its mask (nearest, so a 0/1
+  mask stays binary; bilinear for a mask of car shares), so the two stay aligned; the uncovered border is filled with 0 (black image,
   background mask), like the padding. The resampling is OpenCV's `warpAffine` (SIMD, releases
   the GIL): on 2 CPU cores it is ~3x cheaper than TensorFlow's ImageProjectiveTransformV3 on
   the same transforms, and the input shares those cores with the model (with a GPU, it is the
@@ -78,11 +78,15 @@ class RandomGeometry(VectorizedBaseImageAugmentationLayer):
     """Random horizontal flip, shift, zoom and rotation of images and masks, in one transform.
 
     shift: largest shift as a fraction of height/width; zoom: scale drawn in [1-zoom, 1+zoom];
-    degrees: largest rotation either way; flip: probability of a horizontal flip."""
+    degrees: largest rotation either way; flip: probability of a horizontal flip; soft_masks:
+    masks hold car shares 0..1 (resampled bilinear) rather than 0/1 (nearest)."""
 
-    def __init__(self, flip=0.5, shift=0.05, zoom=0.1, degrees=5.0, seed=None, **kwargs):
+    def __init__(
+        self, flip=0.5, shift=0.05, zoom=0.1, degrees=5.0, soft_masks=False, seed=None, **kwargs
+    ):
         super().__init__(seed=seed, **kwargs)
         self.flip, self.shift, self.zoom, self.degrees, self.seed = flip, shift, zoom, degrees, seed
+        self.soft_masks = soft_masks
 
     def get_random_transformation_batch(self, batch_size, images=None, **kwargs):
         """Per-image affine transforms (output pixel -> input pixel) in TensorFlow's
@@ -115,7 +119,8 @@ class RandomGeometry(VectorizedBaseImageAugmentationLayer):
         return self._transform(images, transformations, cv2.INTER_LINEAR)
 
     def augment_segmentation_masks(self, segmentation_masks, transformations, **kwargs):
-        return self._transform(segmentation_masks, transformations, cv2.INTER_NEAREST)
+        interpolation = cv2.INTER_LINEAR if self.soft_masks else cv2.INTER_NEAREST
+        return self._transform(segmentation_masks, transformations, interpolation)
 
     def augment_labels(self, labels, transformations, **kwargs):
         return labels
@@ -127,6 +132,7 @@ class RandomGeometry(VectorizedBaseImageAugmentationLayer):
             "shift": self.shift,
             "zoom": self.zoom,
             "degrees": self.degrees,
+            "soft_masks": self.soft_masks,
             "seed": self.seed,
         }
 
@@ -183,9 +189,12 @@ class RandomColor(VectorizedBaseImageAugmentationLayer):
         }
 
 
-def fused_augmenter(seed: int | None = None) -> list:
+def fused_augmenter(seed: int | None = None, soft_masks: bool = False) -> list:
     """The training augmentation: RandomGeometry then RandomColor."""
-    return [RandomGeometry(seed=seed), RandomColor(seed=None if seed is None else seed + 1)]
+    return [
+        RandomGeometry(soft_masks=soft_masks, seed=seed),
+        RandomColor(seed=None if seed is None else seed + 1),
+    ]
 
 
 def stock_augmenter(seed: int | None = None) -> list:
@@ -203,10 +212,12 @@ def stock_augmenter(seed: int | None = None) -> list:
     ]
 
 
-def augment_batch(images, masks, augmenter) -> tuple[tf.Tensor, tf.Tensor]:
-    """Apply augmentation layers to a float32 batch; masks come back float32 0/1."""
+def augment_batch(images, masks, augmenter, soft_masks: bool = False) -> tuple:
+    """Apply augmentation layers to a float32 batch; masks come back float32 0/1 (car shares
+    in 0..1 with `soft_masks`)."""
     batch = {"images": images, "segmentation_masks": masks}
     for layer in augmenter:
         batch = layer(batch)
-    masks = tf.cast(tf.cast(batch["segmentation_masks"], tf.float32) >= 0.5, tf.float32)
+    masks = tf.cast(batch["segmentation_masks"], tf.float32)
+    masks = tf.clip_by_value(masks, 0.0, 1.0) if soft_masks else tf.cast(masks >= 0.5, tf.float32)
     return tf.cast(batch["images"], tf.float32), masks

@@ -97,6 +97,7 @@ def cmd_evaluate(args) -> int:
         worst=args.worst,
         threshold=args.threshold,
         tta=getattr(args, "tta", False),
+        guided=getattr(args, "guided", True),
     )
     print(
         f"full-resolution mean Dice {result['dice']:.4f} at threshold {result['threshold']} "
@@ -254,7 +255,8 @@ def _add_model_verbs(sub) -> None:
     )
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--worst", type=int, default=6, help="worst images shown as panels")
-    others = [f.name for f in cli_fields(PredictConfig) if f.name not in ("threshold", "tta")]
+    kept = ("threshold", "tta", "guided")
+    others = [f.name for f in cli_fields(PredictConfig) if f.name not in kept]
     add_arguments(p, PredictConfig, skip=others)
     p.set_defaults(threshold=None)
     p.set_defaults(func=cmd_evaluate)

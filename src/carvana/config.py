@@ -34,6 +34,7 @@ SAVED_BEFORE = {
     "loss": "bce_dice",
     "encoder_scale": 1,
     "warmup": 0.0,
+    "soft_targets": False,
 }
 ENCODER_SCALES = (1, 2, 4)
 METAVARS = {"bool": "on|off", "size": "HxW", "shard": "i/n", "int": "N", "float": "X"}
@@ -180,6 +181,11 @@ class TrainConfig(_Settings):
         f"training loss, per image: {' | '.join(LOSS_NAMES)} (binary cross-entropy plus soft "
         "Dice, or plus the Lovasz hinge)",
     )
+    soft_targets: bool = setting(
+        False,
+        "train on each model pixel's car share (0..1, the full-size pixels it covers) rather "
+        "than share >= 0.5: on | off",
+    )
     epochs: int = setting(20, "epochs to train")
     batch_size: int = setting(16, "images per step (global, over all replicas)")
     # MobileNetV2 U-Net from scratch, 4-minute CPU budget: held-out Dice 0.965 at 3e-3, 0.952
@@ -312,6 +318,11 @@ class PredictConfig(_Settings):
         kind="float",
     )
     tta: bool = setting(False, "average with the prediction of the horizontally flipped image")
+    guided: bool = setting(
+        True,
+        "move the upscaled mask's edge onto the photo's (a guided filter steered by the image "
+        "at half size): on | off",
+    )
     batch_size: int = setting(32, "images per forward pass")
     workers: int = setting(default_workers, "post-processing threads (upscale, threshold, RLE)")
     shard: tuple[int, int] = setting(

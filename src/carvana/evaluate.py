@@ -101,12 +101,12 @@ def true_mask(data, image_id: str, shape: tuple[int, ...]) -> np.ndarray:
     return true
 
 
-def _score_images(data, members, ids, cuts, batch_size: int, worst: int, tta: bool):
+def _score_images(data, members, ids, cuts, batch_size: int, worst: int, tta: bool, guided: bool):
     """(per-image rows, the `worst` lowest as (-dice, id, level map), seconds): Dice and pixel
     accuracy at cuts[0], Dice at cuts[1] too, of the members' mean map."""
     from carvana.inference import predict_levels
 
-    pconfig = PredictConfig(batch_size=batch_size, workers=2, tta=tta)
+    pconfig = PredictConfig(batch_size=batch_size, workers=2, tta=tta, guided=guided)
     items = ((f"{i}.jpg", data.read_train_bytes(i)) for i in ids)
     began = time.perf_counter()
     rows, lowest = [], []  # lowest: a heap of the `worst` kept
@@ -154,6 +154,7 @@ def evaluate(
     batch_size: int = 16,
     threshold: float | None = None,
     tta: bool = False,
+    guided: bool = True,
 ) -> dict:
     """Full-resolution mean Dice and pixel accuracy of a run (or of the ensemble of a list of
     runs: their maps averaged) on its validation cars, at `threshold` (`tta`: with flips) (None: the run's tuned
@@ -170,7 +171,7 @@ def evaluate(
     threshold, source = run_threshold(run_dirs, threshold)
     out.mkdir(parents=True, exist_ok=True)
     cuts = [len(members) * level(t) for t in (threshold, DEFAULT_THRESHOLD)]
-    rows, lowest, seconds = _score_images(data, members, ids, cuts, batch_size, worst, tta)
+    rows, lowest, seconds = _score_images(data, members, ids, cuts, batch_size, worst, tta, guided)
     report = out / REPORT_FILE
     result = {
         "run": str(run_dirs[0]) if len(run_dirs) == 1 else [str(r) for r in run_dirs],
@@ -183,6 +184,7 @@ def evaluate(
         "threshold": threshold,
         "threshold_source": source,
         "tta": tta,
+        "guided": guided,
         "original_size": list(configs[0].original_size),
         "image_size": list(configs[0].image_size),
         "params": sum(count_params(m) for m, _ in members),

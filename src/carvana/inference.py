@@ -10,7 +10,8 @@ handing typed items to the next through carvana.readahead:
    every model runs on each batch -> `Scored` (a uint8 probability map per model, or why there
    is none);
 3. finish: a few threads upsample each map to its image's size with cv2, average the models'
-   maps, threshold and RLE-encode -> `Prediction`.
+   maps (moving their edge onto the photo's with carvana.edges unless `guided` is off),
+   threshold and RLE-encode -> `Prediction`.
 Results come back in input order, at most a few batches in flight, so memory does not depend
 on the number of images (nor on the number of models beyond one map per model and image).
 """
@@ -29,7 +30,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from carvana import rle
+from carvana import edges, rle
 from carvana.config import PredictConfig, TrainConfig
 from carvana.files import DataError, jpeg_size
 from carvana.inputs import crop_to_image, decode_image, tf_message
@@ -49,13 +50,15 @@ class Probe(NamedTuple):
 
 
 class Scored(NamedTuple):
-    """The models' outputs: one uint8 probability map*255 (h, w) per model at its image size
-    and the full size to upscale them to; or, for an unreadable image, None and the reason."""
+    """The models' outputs: one uint8 probability map*255 (h, w) per model at its image size,
+    the full size to upscale them to and the JPEG (the edge filter's guide); or, for an
+    unreadable image, None and the reason."""
 
     name: str
     probs: tuple[np.ndarray, ...] | None
     size: tuple[int, int] | None
     error: str | None
+    jpeg: bytes | None = None
 
 
 class Prediction(NamedTuple):
@@ -163,14 +166,21 @@ def postprocess_ensemble(probs, size: tuple[int, int], threshold: float, encode:
 
 class _Finish:
     """Stage 3 as a function of a Scored item (run in the read-ahead's pool threads); with no
-    threshold, the level map of `upscale_levels`."""
+    threshold, the level map of `upscale_levels` (or of edges.refined_levels when `guided`)."""
 
-    def __init__(self, threshold: float | None, encode: bool):
-        self.threshold, self.encode = threshold, encode
+    def __init__(self, threshold: float | None, encode: bool, guided: bool):
+        self.threshold, self.encode, self.guided = threshold, encode, guided
 
     def __call__(self, scored: Scored):
         if scored.probs is None:
             return None
+        guide = edges.guide_image(scored.jpeg) if self.guided else None
+        if guide is not None:
+            levels = edges.refined_levels(scored.probs, scored.size, guide)
+            if self.threshold is None:
+                return levels
+            car = levels > len(scored.probs) * level(self.threshold)
+            return rle.encode(car.view(np.uint8)) if self.encode else car.astype(np.uint8)
         if self.threshold is None:
             return upscale_levels(scored.probs, scored.size)
         if len(scored.probs) == 1:
@@ -284,7 +294,8 @@ def _scored(feed: _Feed, dataset: tf.data.Dataset, forwards, decode) -> Iterator
                     if probe.index < index:
                         yield _unreadable(probe, decode)
                     else:
-                        yield Scored(probe.name, tuple(o[j] for o in outputs), probe.size, None)
+                        probs = tuple(o[j] for o in outputs)
+                        yield Scored(probe.name, probs, probe.size, None, probe.data)
         for probe in feed.until(None):
             yield _unreadable(probe, decode)
 
@@ -365,7 +376,7 @@ def predict_ensemble(
     model at its own geometry; the mean of their full-size maps is thresholded at
     pconfig.threshold (0.5 when None)."""
     threshold = DEFAULT_THRESHOLD if pconfig.threshold is None else pconfig.threshold
-    return _stream(members, items, pconfig, _Finish(threshold, encode), errors)
+    return _stream(members, items, pconfig, _Finish(threshold, encode, pconfig.guided), errors)
 
 
 def predict_levels(
@@ -377,4 +388,4 @@ def predict_levels(
     """Prediction(name, full-size level map) per item: the sum of the members' upscaled uint8
     probability maps (upscale_levels); a pixel is car at threshold t when its level is above
     len(members) * floor(t*255)."""
-    return _stream(members, items, pconfig, _Finish(None, False), errors)
+    return _stream(members, items, pconfig, _Finish(None, False, pconfig.guided), errors)

@@ -31,6 +31,7 @@ from carvana.files import DataError, jpeg_size
 from carvana.readahead import ReadAhead
 
 READ_THREADS = 4  # JPEG and GIF decoding and mask resizing release the GIL
+MASK_LEVELS = 255  # a soft training mask stores each pixel's car share as uint8 0..255
 
 
 def decode_image(jpeg: tf.Tensor, config: TrainConfig) -> tf.Tensor:
@@ -61,19 +62,27 @@ def crop_to_image(padded: tf.Tensor, config: TrainConfig) -> tf.Tensor:
 
 
 def shrink_mask(mask: np.ndarray, config: TrainConfig) -> np.ndarray:
-    """Full-size 0/1 mask -> uint8 0/1 (h, w, 1) at image_size: area coverage >= 0.5."""
+    """Full-size 0/1 mask -> uint8 (h, w, 1) at image_size: each pixel's car share (the full-size
+    pixels it covers) as 0..255 with config.soft_targets, else 0/1 (share >= 0.5)."""
     h, w = config.image_size
+    share = mask.astype(np.float32)
     if mask.shape[:2] != (h, w):
-        # INTER_AREA gives each small pixel the car's share of the pixels it covers.
-        mask = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) >= 0.5
-    return mask.astype(np.uint8)[..., None]
+        share = cv2.resize(share, (w, h), interpolation=cv2.INTER_AREA)
+    if config.soft_targets:
+        return np.rint(share * MASK_LEVELS).astype(np.uint8)[..., None]
+    return (share >= 0.5).astype(np.uint8)[..., None]
+
+
+def mask_scale(config: TrainConfig) -> int:
+    """What a stored training mask value of full car share is (shrink_mask)."""
+    return MASK_LEVELS if config.soft_targets else 1
 
 
 class Example(NamedTuple):
     """One training pair at the model geometry, as the reader hands it to TensorFlow."""
 
     image: np.ndarray  # uint8 (padded_h, padded_w, 3)
-    mask: np.ndarray  # uint8 0/1 (padded_h, padded_w, 1); the padding is background
+    mask: np.ndarray  # uint8 (padded_h, padded_w, 1), see shrink_mask; the padding is 0
 
 
 def tf_message(err: Exception) -> str:
@@ -142,7 +151,8 @@ def read_examples(data, ids: Sequence[str], config: TrainConfig) -> Iterator[Exa
 
 
 def decoded_dataset(data, ids: Sequence[str], config: TrainConfig) -> tf.data.Dataset:
-    """Dataset of (uint8 image (ph, pw, 3), uint8 0/1 mask (ph, pw, 1)) at the model geometry."""
+    """Dataset of (uint8 image (ph, pw, 3), uint8 mask (ph, pw, 1), see shrink_mask) at the
+    model geometry."""
     ph, pw = config.padded_size
     ids = list(ids)
     dataset = tf.data.Dataset.from_generator(
@@ -169,8 +179,9 @@ def named_data_errors() -> Iterator[None]:
         raise DataError(found.group(1).strip()) from None
 
 
-def _to_float(images, masks):
-    return tf.cast(images, tf.float32), tf.cast(masks, tf.float32)
+def _to_float(images, masks, scale: int = 1):
+    masks = tf.cast(masks, tf.float32)
+    return tf.cast(images, tf.float32), masks if scale == 1 else masks / scale
 
 
 def get_dataset(
@@ -181,7 +192,8 @@ def get_dataset(
     cache: str | None = "",
     augmenter: str = "fused",
 ) -> tf.data.Dataset:
-    """Batches of (float32 images 0..255 (b, ph, pw, 3), float32 0/1 masks (b, ph, pw, 1)).
+    """Batches of (float32 images 0..255 (b, ph, pw, 3), float32 0/1 masks (b, ph, pw, 1); car
+    shares in 0..1 with config.soft_targets).
 
     `cache`: "" caches decoded examples in memory, a path caches them in that file, None does
     not cache. Training shuffles every epoch and augments when config.augment is on, with
@@ -197,16 +209,23 @@ def get_dataset(
         dataset = dataset.cache(cache)
     if training:
         dataset = dataset.shuffle(min(len(ids), 4096), seed=config.seed)
-    dataset = dataset.batch(config.batch_size).map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    to_float = functools.partial(_to_float, scale=mask_scale(config))
+    dataset = dataset.batch(config.batch_size).map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
     if training and config.augment:
         # Imported here: prediction and evaluation must not need keras_cv.
         from carvana import augment
 
-        builders = {"fused": augment.fused_augmenter, "stock": augment.stock_augmenter}
-        if augmenter not in builders:
+        soft = config.soft_targets
+        if augmenter == "fused":
+            layers = augment.fused_augmenter(config.seed, soft_masks=soft)
+        elif augmenter == "stock" and not soft:
+            layers = augment.stock_augmenter(config.seed)
+        elif augmenter == "stock":
+            raise ValueError("the stock augmenter rotates masks as classes: use soft_targets off")
+        else:
             raise ValueError(f"unknown augmenter {augmenter!r}; choose one of fused, stock")
-        layers = builders[augmenter](config.seed)
         dataset = dataset.map(
-            lambda x, y: augment.augment_batch(x, y, layers), num_parallel_calls=tf.data.AUTOTUNE
+            lambda x, y: augment.augment_batch(x, y, layers, soft),
+            num_parallel_calls=tf.data.AUTOTUNE,
         )
     return dataset.prefetch(tf.data.AUTOTUNE)

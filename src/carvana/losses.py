@@ -29,9 +29,10 @@ def lovasz_hinge(y_true, logits):
     """Per-image Lovasz hinge (Berman et al. 2018), a convex surrogate of 1 - IoU, shape (batch,).
 
     The hinge errors 1 - logit * sign are sorted, largest first; each error is weighted by how
-    much it raises the Jaccard loss when the pixels before it are already wrong."""
+    much it raises the Jaccard loss when the pixels before it are already wrong. The hinge needs
+    a sign per pixel: soft targets (car shares) count as car from 0.5."""
     batch = tf.shape(logits)[0]
-    y_true = tf.reshape(tf.cast(y_true, tf.float32), (batch, -1))
+    y_true = tf.reshape(tf.cast(tf.cast(y_true, tf.float32) >= 0.5, tf.float32), (batch, -1))
     logits = tf.reshape(tf.cast(logits, tf.float32), (batch, -1))
     errors = 1.0 - logits * (2.0 * y_true - 1.0)
     errors, order = tf.math.top_k(errors, k=tf.shape(errors)[1], sorted=True)

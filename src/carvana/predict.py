@@ -67,12 +67,17 @@ def run_fingerprint(run_dir: Path) -> dict:
     }
 
 
+# What a resume key saved before a setting was keyed stands for: rows made without the filter.
+KEYED_BEFORE = {"guided": False}
+
+
 def resume_key(run_dirs: list[Path], pconfig: PredictConfig) -> dict:
     """Everything the rows of a run depend on; a list of runs, so an ensemble keys the same way."""
     return {
         "runs": [run_fingerprint(r) for r in run_dirs],
         "threshold": pconfig.threshold,
         "tta": pconfig.tta,
+        "guided": pconfig.guided,
         "shard": list(pconfig.shard),
         "limit": pconfig.limit,
     }
@@ -88,9 +93,10 @@ def key_differences(saved: dict, now: dict) -> list[str]:
         for what, name in (("config_sha256", CONFIG_FILE), ("model_sha256", MODEL_FILE)):
             if then.get(what) != current[what]:
                 found.append(f"{name} content differs in {current['run']}")
-    for setting in ("threshold", "tta", "shard", "limit"):
-        if saved.get(setting) != now[setting]:
-            found.append(f"{setting} {saved.get(setting)} -> {now[setting]}")
+    for setting in ("threshold", "tta", "guided", "shard", "limit"):
+        then = saved.get(setting, KEYED_BEFORE.get(setting))
+        if then != now[setting]:
+            found.append(f"{setting} {then} -> {now[setting]}")
     return found
 
 

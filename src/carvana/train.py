@@ -42,7 +42,7 @@ from carvana.history import (
     read_history,
 )
 from carvana.losses import LOSSES, bce_dice_loss, soft_dice
-from carvana.metrics import DiceMetric
+from carvana.metrics import DiceMetric, PixelAccuracy
 
 # Kept importable from here: evaluate, benchmarks and older scripts import them from train.
 __all__ = [
@@ -88,7 +88,7 @@ def compile_model(
         optimizer=keras.optimizers.Adam(schedule),
         jit_compile=resolve_jit(jit_compile, replicas),
         loss=LOSSES[config.loss],
-        metrics=[DiceMetric(), keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)],
+        metrics=[DiceMetric(), PixelAccuracy()],
     )
     return schedule
 
