@@ -42,27 +42,35 @@ def test_radius_is_capped_by_the_models_pixel():
     assert guide_radius(model_height=1024, guide_height=640) == 1  # never below one pixel
 
 
+def _jpeg(image: np.ndarray) -> bytes:
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    assert ok
+    return jpeg.tobytes()
+
+
 @pytest.mark.parametrize("members", [1, 3])
 def test_refined_levels_keep_the_ensembles_convention(members):
-    guide = _step(0.2, 0.8, 32, shape=(32, 64))
+    photo = _jpeg(np.uint8(255 * _step(0.2, 0.8, 64, shape=(64, 128))))  # the guide: 32x64
+    # The model's edge, upscaled bilinearly, lies 8 full-size pixels left of the photo's.
     prob = np.zeros((8, 16), np.uint8)
-    prob[:, 8:] = 255
-    levels = refined_levels((prob,) * members, (64, 128), guide)
+    prob[:, 7:] = 255
+    assert np.argmax(cv2.resize(prob, (128, 64), interpolation=cv2.INTER_LINEAR)[0] > 127) == 56
+    levels = refined_levels((prob,) * members, (64, 128), photo)
     assert levels.shape == (64, 128)
     assert levels.dtype == (np.uint8 if members == 1 else np.uint16)
-    single = refined_levels((prob,), (64, 128), guide)
+    single = refined_levels((prob,), (64, 128), photo)
     np.testing.assert_array_equal(levels, members * single.astype(np.uint16))
-    # The photo's edge (column 32 of 64) is column 64 of 128 at full size.
-    car = single > 127
-    assert not car[:, :62].any() and car[:, 66:].all()
+    # Refined, it moves most of the way to the photo's edge (column 64 at full size).
+    starts = np.argmax(single > 127, axis=1)
+    assert (starts == starts[0]).all() and 60 <= starts[0] <= 64
 
 
 def test_guide_is_the_grey_photo_at_half_size():
     image = np.zeros((50, 75, 3), np.uint8)
     image[:, 40:] = 200
-    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 100])
-    assert ok
-    guide = guide_image(jpeg.tobytes())
+    guide = guide_image(_jpeg(image))
     assert guide.shape == (25, 38) and guide.dtype == np.float32
     assert guide[:, :18].max() < 0.05 and abs(float(guide[:, 22:].mean()) - 200 / 255) < 0.02
+    np.testing.assert_array_equal(guide_image(_jpeg(image), reuse=True), guide)
     assert guide_image(b"not a jpeg") is None
+    assert refined_levels((np.zeros((4, 4), np.uint8),), (8, 8), b"not a jpeg") is None

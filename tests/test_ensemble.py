@@ -13,7 +13,7 @@ import tensorflow as tf
 import carvana.predict
 from carvana import cli, rle
 from carvana.config import PredictConfig, TrainConfig
-from carvana.edges import guide_image, refined_levels
+from carvana.edges import refined_levels
 from carvana.files import CarvanaData
 from carvana.inputs import decode_image
 from carvana.predict import file_sha256, predict
@@ -111,7 +111,7 @@ def test_guided_masks_are_the_refined_mean_of_the_maps(synth_dirs, runs, tmp_pat
     assert guided != plain
     for name in data.test_names():
         probs = (model_map(data, name, A, "a"), model_map(data, name, B, "b"))
-        levels = refined_levels(probs, (128, 192), guide_image(data.read_test_bytes(name)))
+        levels = refined_levels(probs, (128, 192), data.read_test_bytes(name))
         assert guided[name] == rle.encode(levels > 2 * 127), name
 
 

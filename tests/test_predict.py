@@ -20,7 +20,7 @@ import tensorflow as tf
 import carvana.predict
 from carvana import cli, rle
 from carvana.config import PredictConfig, TrainConfig
-from carvana.edges import guide_image, refined_levels
+from carvana.edges import refined_levels
 from carvana.files import CarvanaData
 from carvana.inference import make_forward, predict_masks, upscale_mask
 from carvana.inputs import decode_image
@@ -83,7 +83,7 @@ def by_hand(data: CarvanaData, names, threshold=0.5, guided=True):
         small = np.round(prob * 255).astype(np.uint8)
         H, W = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE).shape
         if guided:
-            up = refined_levels((small,), (H, W), guide_image(jpeg))
+            up = refined_levels((small,), (H, W), jpeg)
         else:
             up = cv2.resize(small, (W, H), interpolation=cv2.INTER_LINEAR)
         rows[name] = rle.encode(up > threshold * 255)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import queue
-import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
@@ -32,6 +31,7 @@ import tensorflow as tf
 
 from carvana import edges, rle
 from carvana.config import PredictConfig, TrainConfig
+from carvana.edges import scratch
 from carvana.files import DataError, jpeg_size
 from carvana.inputs import crop_to_image, decode_image, tf_message
 from carvana.readahead import ReadAhead
@@ -113,25 +113,12 @@ def upscale_mask(prob: np.ndarray, size: tuple[int, int], threshold: float) -> n
     return cv2.threshold(up, level(threshold), 1, cv2.THRESH_BINARY, dst=up)[1]
 
 
-_scratch = threading.local()
-
-
-def _buffer(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-    # Per thread, reused across images: a fresh 2.4 MB array per image and step costs
-    # ~600 page faults each time (profiled: ~15% of the CPU time went to the kernel).
-    buffers = _scratch.__dict__.setdefault("buffers", {})
-    key = (name, shape)
-    if key not in buffers:
-        buffers[key] = np.empty(shape, dtype)
-    return buffers[key]
-
-
 def postprocess(prob: np.ndarray, size: tuple[int, int], threshold: float, encode: bool):
     """uint8 probabilities*255 -> the full-size 0/1 mask (a fresh array), or its RLE."""
     if not encode:
         return upscale_mask(prob, size, threshold)
     h, w = int(size[0]), int(size[1])
-    up = _buffer("up", (h, w), np.uint8)
+    up = scratch("up", (h, w), np.uint8)
     cv2.resize(prob, (w, h), dst=up, interpolation=cv2.INTER_LINEAR)
     cv2.threshold(up, level(threshold), 1, cv2.THRESH_BINARY, dst=up)
     return rle.encode(up)
@@ -144,7 +131,7 @@ def upscale_levels(probs: tuple[np.ndarray, ...], size: tuple[int, int], out=Non
     if len(probs) == 1 and out is None:
         return cv2.resize(probs[0], (w, h), interpolation=cv2.INTER_LINEAR)
     total = np.empty((h, w), np.uint16) if out is None else out
-    up = _buffer("up", (h, w), np.uint8)
+    up = scratch("up", (h, w), np.uint8)
     for i, prob in enumerate(probs):
         cv2.resize(prob, (w, h), dst=up, interpolation=cv2.INTER_LINEAR)
         if i == 0:
@@ -159,8 +146,8 @@ def postprocess_ensemble(probs, size: tuple[int, int], threshold: float, encode:
     its RLE. Summed upscaled uint8 maps against k * floor(t*255): a run with itself gives
     exactly the run's own mask."""
     h, w = int(size[0]), int(size[1])
-    total = upscale_levels(probs, size, out=_buffer("sum", (h, w), np.uint16))
-    car = np.greater(total, len(probs) * level(threshold), out=_buffer("car", (h, w), bool))
+    total = upscale_levels(probs, size, out=scratch("sum", (h, w), np.uint16))
+    car = np.greater(total, len(probs) * level(threshold), out=scratch("car", (h, w), bool))
     return rle.encode(car.view(np.uint8)) if encode else car.astype(np.uint8)
 
 
@@ -174,9 +161,10 @@ class _Finish:
     def __call__(self, scored: Scored):
         if scored.probs is None:
             return None
-        guide = edges.guide_image(scored.jpeg) if self.guided else None
-        if guide is not None:
-            levels = edges.refined_levels(scored.probs, scored.size, guide)
+        levels = (
+            edges.refined_levels(scored.probs, scored.size, scored.jpeg) if self.guided else None
+        )
+        if levels is not None:  # None: not guided, or OpenCV cannot read what TensorFlow could
             if self.threshold is None:
                 return levels
             car = levels > len(scored.probs) * level(self.threshold)
