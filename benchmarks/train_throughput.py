@@ -57,6 +57,7 @@ def model_speed(config, steps: int):
 
 
 PHASES = ("train", "recalibrate", "validate", "callbacks")
+SETTLE_SECONDS = 2.0
 
 
 def loop_speed(data, config, run_dir: Path, reference) -> dict:
@@ -92,6 +93,9 @@ def loop_speed(data, config, run_dir: Path, reference) -> dict:
         def on_epoch_end(self, epoch, logs=None):
             self.mark["end"] = time.perf_counter()
             marks.append(self.mark)
+            # The training input is one iterator for the whole run: right after an epoch its
+            # read-ahead fills its buffers for the next one. Let it, before timing the model.
+            time.sleep(SETTLE_SECONDS)
             speeds.append(reference())
             self.last = time.perf_counter()
 

@@ -1,6 +1,8 @@
-"""The time budget's schedule and stop, by a fake clock; the TensorBoard logs of a tiny run."""
+"""The time budget's schedule and stop, by a fake clock; the TensorBoard logs (pictures by a
+fake clock too, and of a tiny run)."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,6 +92,39 @@ def test_a_resumed_budget_plans_what_is_left_of_the_schedule():
     clock.now += 25
     budget.on_train_batch_begin(0)
     assert float(progress) == pytest.approx(0.6 + 0.4 * 0.5)
+
+
+def _image_steps(board: Path) -> list[int]:
+    from carvana.history import IMAGES_TAG
+
+    return sorted(
+        event.step
+        for path in (board / "images").glob("events.out.tfevents.*")
+        for event in tf.compat.v1.train.summary_iterator(str(path))
+        for value in event.summary.value
+        if value.tag == IMAGES_TAG
+    )
+
+
+def test_tensorboard_pictures_come_every_so_many_seconds_and_at_the_end(tmp_path, monkeypatch):
+    import keras
+
+    import carvana.history
+    from carvana.history import TensorBoardLog
+
+    inputs = keras.Input((4, 6, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1)(inputs))
+    examples = (np.zeros((2, 4, 6, 3), np.float32), np.zeros((2, 4, 6, 1), np.float32))
+    clock = _Clock()
+    monkeypatch.setattr(carvana.history.time, "monotonic", clock)
+    log = TensorBoardLog(tmp_path, examples, (4, 6), image_seconds=30)
+    log.set_model(model)
+    for epoch, seconds in enumerate([0, 10, 25, 5]):  # the clock at 0, 10, 35, 40
+        clock.now += seconds
+        log.on_epoch_end(epoch, {"loss": 1.0})
+    assert _image_steps(tmp_path) == [0, 2]
+    log.on_train_end()  # the last epoch had none: the model as it ended
+    assert _image_steps(tmp_path) == [0, 2, 3]
 
 
 @pytest.mark.slow

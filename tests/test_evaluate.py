@@ -2,18 +2,18 @@
 
 import json
 
-import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from carvana import rle
 from carvana.config import TrainConfig
+from carvana.edges import refined_levels
 from carvana.evaluate import compare, epochs_to, evaluate
 from carvana.files import ANGLES, CarvanaData
 from carvana.inputs import crop_to_image, decode_image
 from carvana.models import load_model
-from carvana.thresholds import GRID, THRESHOLDS_FILE
+from carvana.thresholds import GRID, THRESHOLDS_FILE, level
 from carvana.train import train
 
 TINY = TrainConfig(
@@ -55,8 +55,10 @@ def test_full_resolution_dice_recomputed_by_hand(evaluated):
     x = decode_image(tf.constant(data.read_train_bytes(image_id)), config)[None]
     prob = tf.sigmoid(load_model(run)(tf.cast(x, tf.float32), training=False))
     prob = crop_to_image(prob, config).numpy()[0, ..., 0]
-    up = cv2.resize(prob, (192, 128), interpolation=cv2.INTER_LINEAR)
-    expected = rle.dice(up > result["threshold"], data.read_mask(image_id))
+    # As evaluate does by default: uint8 levels through the edge filter.
+    small = np.round(prob * 255).astype(np.uint8)
+    levels = refined_levels((small,), (128, 192), data.read_train_bytes(image_id))
+    expected = rle.dice(levels > level(result["threshold"]), data.read_mask(image_id))
     got = {
         r["id"]: r["dice"] for r in json.loads((run / "evaluation.json").read_text())["per_image"]
     }

@@ -237,9 +237,14 @@ def train(
         inputs = _inputs(data, train_ids, val_ids, fed, replicas)
         train_ds, val_ds = inputs[:2]
         own = make_callbacks(run_dir, config, state, export, monitor, inputs, schedule, log)
+        # One iterator for the whole run, over a repeated dataset: given a dataset that ends,
+        # Keras starts a new iterator every epoch, and the first step of a new one stalled for
+        # ~5 s in half the epochs (CNN at 160x256: 10 s epochs instead of 5.5 s).
+        steps_per_epoch = int(train_ds.cardinality())
         with named_data_errors():  # a bad training image: its name, in one line
             model.fit(
-                train_ds,
+                train_ds.repeat(),
+                steps_per_epoch=steps_per_epoch,
                 validation_data=val_ds,
                 epochs=config.epochs,
                 initial_epoch=state.epoch,
