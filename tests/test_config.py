@@ -152,7 +152,7 @@ def test_out_of_range_settings_name_the_setting(cls, kwargs, setting):
 
 
 def test_from_env_parses_with_the_same_parser_and_reports_what_it_set():
-    from carvana.config import from_env
+    from carvana.flags import from_env
 
     environ = {"CARVANA_EPOCHS": "2", "CARVANA_IMAGE_SIZE": "32x48", "CARVANA_AUGMENT": "off"}
     config, asked = from_env(TrainConfig(model="cnn"), environ)
@@ -175,7 +175,7 @@ def test_from_env_parses_with_the_same_parser_and_reports_what_it_set():
     ],
 )
 def test_from_env_rejects_in_one_line(environ, message):
-    from carvana.config import from_env
+    from carvana.flags import from_env
 
     with pytest.raises(ValueError, match=message):
         from_env(TrainConfig(), environ)
@@ -184,7 +184,7 @@ def test_from_env_rejects_in_one_line(environ, message):
 def test_cli_flags_come_from_the_fields_and_know_what_was_given():
     import argparse
 
-    from carvana.config import add_arguments, given_settings
+    from carvana.flags import add_arguments, given_settings
 
     parser = argparse.ArgumentParser()
     add_arguments(parser, TrainConfig)
@@ -204,7 +204,7 @@ def test_cli_flags_come_from_the_fields_and_know_what_was_given():
 def test_bare_boolean_flag_means_on():
     import argparse
 
-    from carvana.config import add_arguments, given_settings
+    from carvana.flags import add_arguments, given_settings
 
     parser = argparse.ArgumentParser()
     add_arguments(parser, PredictConfig)

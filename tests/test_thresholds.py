@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from carvana import rle
-from carvana.config import PredictConfig, from_env, parse_value
+from carvana.config import PredictConfig, parse_value
+from carvana.flags import from_env
 from carvana.thresholds import (
     THRESHOLDS_FILE,
     best_threshold,

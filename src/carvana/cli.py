@@ -75,7 +75,8 @@ def cmd_eda(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from carvana.config import TrainConfig, given_settings
+    from carvana.config import TrainConfig
+    from carvana.flags import given_settings
     from carvana.train import train
 
     asked = given_settings(args, TrainConfig)
@@ -115,7 +116,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from carvana.config import PredictConfig, given_settings
+    from carvana.config import PredictConfig
+    from carvana.flags import given_settings
     from carvana.predict import predict
 
     config = PredictConfig(**given_settings(args, PredictConfig))
@@ -236,7 +238,8 @@ def _add_data_verbs(sub) -> None:
 
 def _add_model_verbs(sub) -> None:
     """Sub-commands of the model stages: train, evaluate, compare, predict, dry-run."""
-    from carvana.config import PredictConfig, TrainConfig, add_arguments, cli_fields
+    from carvana.config import PredictConfig, TrainConfig
+    from carvana.flags import add_arguments, cli_fields
 
     p = sub.add_parser("train", help="train a model into a run folder")
     _add_data(p)

@@ -1,8 +1,7 @@
 """Settings: the frozen TrainConfig / PredictConfig, their one parser and their JSON files.
 
-Every way a setting reaches a run goes through `parse_value`: the CLI's flags (built from the
-dataclass fields by `add_arguments`), CARVANA_<FIELD> variables in kernels (`from_env`) and
-config.json. Values are checked where the dataclass is built, so every caller gets the same
+Every way a setting reaches a run goes through `parse_value`: the CLI's flags and CARVANA_<FIELD>
+variables in kernels (both made from the dataclass fields by carvana.flags) and config.json. Values are checked where the dataclass is built, so every caller gets the same
 one-line errors. No TensorFlow here.
 """
 
@@ -14,7 +13,7 @@ import math
 import os
 import platform
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +22,6 @@ MODEL_NAMES = ("cnn", "mobilenet")
 LOSS_NAMES = ("bce_dice", "bce_lovasz")  # carvana.losses.LOSSES
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
-ENV_PREFIX = "CARVANA_"
 VERSIONS_KEY = "versions"  # config.json: the library versions a run was trained with
 RECORDED_PACKAGES = ("tensorflow", "keras", "keras-cv", "numpy")
 # Settings added after runs were already saved: the value a config.json without them meant.
@@ -37,7 +35,6 @@ SAVED_BEFORE = {
     "soft_targets": False,
 }
 ENCODER_SCALES = (1, 2, 4)
-METAVARS = {"bool": "on|off", "size": "HxW", "shard": "i/n", "int": "N", "float": "X"}
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -343,77 +340,6 @@ class PredictConfig(_Settings):
         _check(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
         _check(1 <= self.workers <= 256, "workers", "between 1 and 256", self.workers)
         _check(self.limit >= 0, "limit", "0 (all) or more", self.limit)
-
-
-# -- where settings come from ---------------------------------------------------------------
-def cli_fields(cls) -> list[dataclasses.Field]:
-    """The fields of `cls` a user may set (from the CLI or the environment)."""
-    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
-
-
-def flag_names(f: dataclasses.Field) -> list[str]:
-    """The command-line flags of a field: --image-size, plus a short alias such as --lr."""
-    names = ["--" + f.name.replace("_", "-")]
-    if "flag" in f.metadata:
-        names.append("--" + f.metadata["flag"])
-    return names
-
-
-def _show_default(value) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return f"{value[0]}x{value[1]}"
-    return str(value)
-
-
-def add_arguments(parser, cls, skip: Iterable[str] = ()) -> None:
-    """Add one flag per user-settable field of `cls` to an argparse parser, defaults shown.
-
-    Flags the user does not give stay out of the namespace (argparse.SUPPRESS), so
-    `given_settings` can tell which fields were asked for."""
-    import argparse
-
-    for f in cli_fields(cls):
-        if f.name in skip:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if f.name == "shard":
-            default = "/".join(map(str, default))
-
-        def parse(text, name=f.name):
-            try:
-                return parse_value(cls, name, text)
-            except ValueError as err:
-                raise argparse.ArgumentTypeError(str(err)) from None
-
-        kind = f.metadata.get("kind", f.type)
-        optional = {"nargs": "?", "const": True} if kind == "bool" else {}
-        parser.add_argument(
-            *flag_names(f),
-            dest=f.name,
-            type=parse,
-            default=argparse.SUPPRESS,
-            metavar=METAVARS.get(kind, f.name.upper()),
-            help=f"{f.metadata['help']} (default: {_show_default(default)})",
-            **optional,
-        )
-
-
-def given_settings(args, cls) -> dict:
-    """The fields of `cls` the user gave on the command line, with their parsed values."""
-    return {f.name: getattr(args, f.name) for f in cli_fields(cls) if hasattr(args, f.name)}
-
-
-def from_env(base, environ: Mapping[str, str] | None = None, prefix: str = ENV_PREFIX):
-    """(base overridden by PREFIX<FIELD> variables, the names of the fields they set)."""
-    environ = os.environ if environ is None else environ
-    texts = {
-        f.name: environ[prefix + f.name.upper()]
-        for f in cli_fields(type(base))
-        if environ.get(prefix + f.name.upper(), "").strip()
-    }
-    return base.with_texts(texts, where=prefix + "{NAME}"), frozenset(texts)
 
 
 # -- run folders ----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The entry scripts in kernels/*/kernel.py call these after the built script has unpacked the
 package. Settings come from the entry script's CONFIG, overridden by CARVANA_<FIELD> variables
-(parsed and checked by `config.from_env`, the parser the CLI uses). No TensorFlow at import.
+(parsed and checked by `flags.from_env`, the parser the CLI uses). No TensorFlow at import.
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ def user_errors():
 def train_kernel(config) -> dict:
     """A train kernel's job: train `config` (CARVANA_<FIELD> overrides) into working/run,
     evaluate on the validation cars unless CARVANA_EVALUATE=0, write train-summary.json."""
-    from carvana.config import cli_fields, from_env
     from carvana.evaluate import evaluate
     from carvana.files import CarvanaData, competition_dir, working_dir
+    from carvana.flags import cli_fields, from_env
     from carvana.train import train
 
     began = time.time()
@@ -113,8 +113,8 @@ def predict_kernel(config, run: str = "") -> dict:
     """A predict kernel's job: the attached run, or the ensemble of the attached runs
     (CARVANA_RUN or `run`: comma-separated parts of their paths; none: every attached run),
     predicts the test set into working/submission.csv.gz (or submission-i-of-n.csv.gz), validated."""
-    from carvana.config import from_env
     from carvana.files import CarvanaData, competition_dir, working_dir
+    from carvana.flags import from_env
     from carvana.predict import predict
 
     config, _ = from_env(config)
