@@ -11,6 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+# No TensorFlow in either: the parser and --help stay fast.
+from carvana.config import PredictConfig, TrainConfig, parse_size
+from carvana.flags import add_arguments, cli_fields, given_settings
+
 TENSORFLOW_COMMANDS = ("train", "evaluate", "predict", "dry-run")
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
 
@@ -33,7 +37,6 @@ def _data(args):
 
 
 def _size(text: str) -> tuple[int, int]:
-    from carvana.config import parse_size
 
     try:
         return parse_size(text)
@@ -75,8 +78,6 @@ def cmd_eda(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from carvana.config import TrainConfig
-    from carvana.flags import given_settings
     from carvana.train import train
 
     asked = given_settings(args, TrainConfig)
@@ -116,8 +117,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from carvana.config import PredictConfig
-    from carvana.flags import given_settings
     from carvana.predict import predict
 
     config = PredictConfig(**given_settings(args, PredictConfig))
@@ -238,8 +237,6 @@ def _add_data_verbs(sub) -> None:
 
 def _add_model_verbs(sub) -> None:
     """Sub-commands of the model stages: train, evaluate, compare, predict, dry-run."""
-    from carvana.config import PredictConfig, TrainConfig
-    from carvana.flags import add_arguments, cli_fields
 
     p = sub.add_parser("train", help="train a model into a run folder")
     _add_data(p)
