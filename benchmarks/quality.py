@@ -88,6 +88,7 @@ def lever_settings(args) -> dict:
         "warmup": args.warmup,
         "augment": None if args.augment is None else args.augment == "on",
         "soft_targets": None if args.soft_targets is None else args.soft_targets == "on",
+        "progressive": args.progressive,
     }
     return {k: v for k, v in given.items() if v is not None}
 
@@ -164,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder-scale", type=int, help="1, 2 or 4 (mobilenet with refine)")
     parser.add_argument("--augment", choices=("on", "off"))
     parser.add_argument("--soft-targets", choices=("on", "off"), help="train on car shares")
+    parser.add_argument(
+        "--progressive", help="progressive resizing, SCALE@UNTIL[,...] ('' for off)"
+    )
     parser.add_argument(
         "--precision", default="auto", help="auto | float32 | mixed_float16 | mixed_bfloat16"
     )

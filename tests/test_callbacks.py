@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from carvana.callbacks import Budget, PlannedCosine, RunState
+from carvana.callbacks import Budget, PlannedCosine, RunState, StageEnd
 
 
 def test_planned_cosine_follows_the_larger_progress():
@@ -104,6 +104,23 @@ def _image_steps(board: Path) -> list[int]:
         for value in event.summary.value
         if value.tag == IMAGES_TAG
     )
+
+
+@pytest.mark.parametrize(
+    "progress, epochs_done, stops",
+    [
+        (0.0, 5, False),  # 5 of 10 planned epochs: half the schedule, the stage ends at 0.6
+        (0.0, 6, True),
+        (0.65, 1, True),  # a time budget's progress counts when it is further
+        (0.55, 1, False),
+    ],
+)
+def test_a_stage_ends_with_the_epoch_that_reaches_its_share(progress, epochs_done, stops):
+    state = RunState(progress=progress)
+    end = StageEnd(state, until=0.6, epochs=10)
+    end.set_model(_Model())
+    end.on_epoch_end(epochs_done - 1)
+    assert end.model.stop_training is stops
 
 
 def test_tensorboard_pictures_come_every_so_many_seconds_and_at_the_end(tmp_path, monkeypatch):

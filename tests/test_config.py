@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from carvana.config import PredictConfig, TrainConfig, parse_size
+from carvana.config import PredictConfig, TrainConfig, parse_size, parse_stages
 
 
 @pytest.mark.parametrize(
@@ -197,7 +197,7 @@ def test_cli_flags_come_from_the_fields_and_know_what_was_given():
     }
     assert given_settings(parser.parse_args([]), TrainConfig) == {}
     help_text = " ".join(parser.format_help().split())  # argparse wraps lines
-    assert "(default: 128x192)" in help_text and "(default: mobilenet)" in help_text
+    assert "(default: 192x288)" in help_text and "(default: mobilenet)" in help_text
     assert "--val-cars" not in help_text  # train fills the split in itself
 
 
@@ -219,3 +219,46 @@ def test_config_json_records_the_library_versions(tmp_path):
     versions = saved_versions(tmp_path)
     assert set(versions) >= {"python", "tensorflow", "keras", "numpy"}
     assert TrainConfig.load(tmp_path) == TrainConfig(model="cnn")
+
+
+@pytest.mark.parametrize(
+    "text, stages",
+    [
+        ("", ()),
+        ("off", ()),
+        ("0.5@0.3", ((0.5, 0.3),)),
+        (" 0.5@0.3, 0.67@0.7 ", ((0.5, 0.3), (0.67, 0.7))),
+    ],
+)
+def test_parse_stages(text, stages):
+    assert parse_stages(text) == stages
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0.5", "must look like SCALE@UNTIL"),
+        ("half@0.3", "must look like SCALE@UNTIL"),
+        ("1@0.5", "must rise, each within"),  # a stage at image_size itself is not progressive
+        ("0.5@1", "must rise, each within"),
+        ("0.7@0.3,0.5@0.6", "'0.5@0.6': scales and fractions must rise"),
+        ("0.5@0.6,0.7@0.3", "'0.7@0.3': scales and fractions must rise"),
+    ],
+)
+def test_parse_stages_rejects_with_the_stage(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_stages(text)
+    with pytest.raises(ValueError, match="setting progressive"):
+        TrainConfig(progressive=text)
+
+
+def test_progressive_text_is_checked_and_kept_in_one_spelling():
+    config = TrainConfig().with_texts({"progressive": " 0.50@0.3 , 0.667@.7"})
+    assert config.progressive == "0.5@0.3,0.667@0.7"
+    assert TrainConfig().with_texts({"progressive": "off"}).progressive == ""
+
+
+def test_stages_scale_image_size_and_end_at_it():
+    config = TrainConfig(image_size=(192, 288), progressive="0.5@0.3,0.667@0.7")
+    assert config.stages == (((96, 144), 0.3), ((128, 192), 0.7), ((192, 288), 1.0))
+    assert TrainConfig(progressive="").stages == (((192, 288), 1.0),)

@@ -22,7 +22,13 @@ SCRIPT = Path(__file__).with_name("two_replicas.py")
 # Batch 5 does not divide by 2 replicas (fed as 6), and neither 5 nor 6 divides the 80
 # training images: every epoch ends with a partial batch.
 TINY = TrainConfig(
-    model="cnn", image_size=(32, 48), batch_size=5, learning_rate=3e-3, epochs=4, patience=4
+    model="cnn",
+    image_size=(32, 48),
+    batch_size=5,
+    learning_rate=3e-3,
+    epochs=4,
+    patience=4,
+    progressive="",  # one size: progressive resizing has tests of its own
 )
 
 
@@ -133,6 +139,28 @@ def test_two_replicas_and_mixed_precision_learn_and_resume_across(synth_dirs, tm
         assert resumed["history"][: TINY.epochs] == runs[name]["history"]
         last, new = runs[name]["history"][-1], resumed["history"][-1]
         assert new["loss"] < 1.5 * last["loss"] and new["val_dice"] > 0.6, (last, new)
+
+
+@pytest.mark.slow
+def test_progressive_resizing_on_two_replicas_and_across(synth_dirs, tmp_path):
+    # The default recipe on Kaggle's 2x T4: one model of any input size, mirrored, two stages.
+    config = TINY.replace(image_size=(64, 96), progressive="0.5@0.5")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), str(synth_dirs["folders"]), str(tmp_path),
+         json.dumps(config.to_dict())],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    for name in ("1-float32", "2-mixed"):
+        rows, summary = runs[name]["history"], runs[name]["summary"]
+        assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+        # The best is one of the 64x96 epochs, and it learned the outline there.
+        assert summary["best_epoch"] in (3, 4) and summary["best_val_dice"] > 0.6, rows
+        resumed = runs[f"{name}-resumed"]["history"]
+        assert resumed[:4] == rows and resumed[-1]["val_dice"] > 0.6, resumed
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,13 @@ from carvana.thresholds import GRID, THRESHOLDS_FILE, level
 from carvana.train import train
 
 TINY = TrainConfig(
-    model="cnn", image_size=(32, 48), batch_size=8, learning_rate=3e-3, epochs=6, patience=6
+    model="cnn",
+    image_size=(32, 48),
+    batch_size=8,
+    learning_rate=3e-3,
+    epochs=6,
+    patience=6,
+    progressive="",  # one size: progressive resizing has tests of its own
 )
 
 

@@ -24,7 +24,13 @@ from carvana.train import (
 )
 
 TINY = TrainConfig(
-    model="cnn", image_size=(32, 48), batch_size=8, learning_rate=3e-3, epochs=6, patience=6
+    model="cnn",
+    image_size=(32, 48),
+    batch_size=8,
+    learning_rate=3e-3,
+    epochs=6,
+    patience=6,
+    progressive="",  # one size: progressive resizing has tests of its own
 )
 
 
@@ -234,7 +240,7 @@ def test_resume_honours_an_asked_default_and_refuses_another(tmp_path):
     same = saved.replace(epochs=30, val_cars=(), train_cars=(), original_size=(9, 9))
     state, config = resume_config(run, same, asked=None)
     assert config.epochs == 30 and config.val_cars == ("c1",) and config.original_size == (9, 9)
-    with pytest.raises(ValueError, match="model, weights"):
+    with pytest.raises(ValueError, match="model, progressive, weights"):
         resume_config(run, TrainConfig(weights="x.h5"), asked=None)
     with pytest.raises(ValueError, match="unknown settings: colour"):
         resume_config(run, saved, asked={"colour"})
@@ -272,3 +278,49 @@ def test_a_time_budget_ends_the_schedule_and_the_run(synth_dirs, tmp_path):
     # A finished budget is a finished run; a new budget does not train it further.
     again = train(data, config.replace(minutes=1.0), run, verbose=0)
     assert again["epochs_run"] == summary["epochs_run"]
+
+
+@pytest.mark.slow
+def test_progressive_resizing_trains_small_then_at_image_size(synth_dirs, tmp_path, capsys):
+    data = CarvanaData(synth_dirs["folders"])
+    run = tmp_path / "run"
+    config = TINY.replace(
+        image_size=(64, 96), progressive="0.5@0.5", epochs=4, max_cars=3, augment=False
+    )
+    summary = train(data, config, run, precision="float32")
+    out = capsys.readouterr().out
+    assert "stage 1/2: 32x48 until 50% of the schedule" in out and "stage 2/2: 64x96" in out
+    rows = read_history(run / "history.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    # One optimizer and one cosine through both stages: the rate never jumps back up.
+    lrs = [r["learning_rate"] for r in rows]
+    assert lrs == sorted(lrs, reverse=True)
+    # Dice at 32x48 does not compare with Dice at 64x96: the best is one of the last stage's.
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["stage"] == 1 and summary["best_epoch"] in (3, 4)
+    assert summary["best_val_dice"] == pytest.approx(rows[summary["best_epoch"] - 1]["val_dice"])
+    assert load_model(run).input_shape == (None, 64, 96, 3)  # predict's model: image_size
+    # A resumed run past the first stage goes on at image_size only.
+    again = train(data, config.replace(epochs=5), run, precision="float32")
+    out = capsys.readouterr().out
+    assert "stage 1/2" not in out and "stage 2/2: 64x96" in out and again["epochs_run"] == 5
+
+
+@pytest.mark.slow
+def test_a_time_budget_covers_every_stage(synth_dirs, tmp_path, capsys):
+    data = CarvanaData(synth_dirs["folders"])
+    config = TINY.replace(
+        image_size=(64, 96),
+        progressive="0.5@0.4",
+        epochs=500,
+        patience=500,
+        max_cars=3,
+        minutes=0.3,
+    )
+    summary = train(data, config, tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "stage 1/2: 32x48" in out and "stage 2/2: 64x96" in out
+    assert summary["budget_spent"] and not summary["stopped_early"]
+    rows = read_history(tmp_path / "run" / "history.csv")
+    lrs = [r["learning_rate"] for r in rows]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.25 * TINY.learning_rate

@@ -36,6 +36,7 @@ class RunState:
     # Fraction of the learning-rate schedule a time budget had used at the checkpoint.
     progress: float = 0.0
     budget_spent: bool = False
+    stage: int = 0  # progressive resizing: the stage (index into TrainConfig.stages) reached
 
     @classmethod
     def load(cls, checkpoint_dir: Path) -> RunState | None:
@@ -302,6 +303,25 @@ class Budget(keras.callbacks.Callback):
         self.state.progress = 1.0 if self.spent else self.fraction(self.clock())
         if self.spent:
             self.state.stopped = self.state.budget_spent = True
+
+
+def schedule_done(state: RunState, epochs: int, epoch: int | None = None) -> float:
+    """How far the learning-rate schedule is, as PlannedCosine sees it: the time budget's
+    progress or the epochs' plan (after `epoch` epochs; state.epoch when None), the further."""
+    return max(state.progress, (state.epoch if epoch is None else epoch) / max(1, epochs))
+
+
+class StageEnd(keras.callbacks.Callback):
+    """Progressive resizing: end this stage's fit after the epoch in which the schedule reached
+    `until`. Goes after the Budget (it updates the state's progress)."""
+
+    def __init__(self, state: RunState, until: float, epochs: int):
+        super().__init__()
+        self.state, self.until, self.epochs = state, until, epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if schedule_done(self.state, self.epochs, epoch + 1) >= self.until:
+            self.model.stop_training = True
 
 
 class ProgressLine(keras.callbacks.Callback):

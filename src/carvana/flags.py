@@ -13,7 +13,14 @@ from collections.abc import Iterable, Mapping
 from carvana.config import parse_value
 
 ENV_PREFIX = "CARVANA_"
-METAVARS = {"bool": "on|off", "size": "HxW", "shard": "i/n", "int": "N", "float": "X"}
+METAVARS = {
+    "bool": "on|off",
+    "size": "HxW",
+    "shard": "i/n",
+    "int": "N",
+    "float": "X",
+    "stages": "SCALE@UNTIL",
+}
 
 
 def cli_fields(cls) -> list[dataclasses.Field]:
@@ -30,7 +37,7 @@ def flag_names(f: dataclasses.Field) -> list[str]:
 
 
 def _show_default(value) -> str:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or value == "":
         return "on" if value else "off"
     if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
         return f"{value[0]}x{value[1]}"

@@ -68,9 +68,15 @@ def refined_logits(x, images: list, filters: int, momentum: float):
     return layers.Activation("linear", dtype="float32", name="logits")(x)
 
 
-def build_cnn(config: TrainConfig) -> keras.Model:
+def input_size(config: TrainConfig, any_size: bool) -> tuple:
+    """The model's input height and width: config.padded_size, or (None, None) for a model
+    that takes any size (multiples of 32 times encoder_scale), as progressive resizing needs."""
+    return (None, None) if any_size else config.padded_size
+
+
+def build_cnn(config: TrainConfig, any_size: bool = False) -> keras.Model:
     """The seed's CNN: 4 conv (kernel 2) + max-pool steps, then pix2pix upsampling, no skips."""
-    ph, pw = config.padded_size
+    ph, pw = input_size(config, any_size)
     inputs = keras.Input((ph, pw, 3), name="image")
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     for i, filters in enumerate(CNN_ENCODER, 1):
@@ -95,18 +101,18 @@ def _mobilenet_weights(weights: str):
     return str(path)
 
 
-def build_mobilenet(config: TrainConfig) -> keras.Model:
+def build_mobilenet(config: TrainConfig, any_size: bool = False) -> keras.Model:
     """The tutorial's U-Net: MobileNetV2 encoder, skips at 5 scales, pix2pix decoder.
 
     The decoder's widths are decoder_width, /2, /4, /8 from coarse to fine (the tutorial's
     512 .. 64 at 512). With config.refine, `refined_logits` (decoder_width / 16 filters, at
     least 8) replaces the tutorial's last stride-2 deconvolution. With encoder_scale s > 1 the
     encoder sees the image average-pooled by s and the head refines through each scale."""
-    ph, pw = config.padded_size
+    ph, pw = input_size(config, any_size)
     scale = config.encoder_scale
     weights = _mobilenet_weights(config.weights)
     base = keras.applications.MobileNetV2(
-        input_shape=(ph // scale, pw // scale, 3), include_top=False, weights=weights
+        input_shape=(ph and ph // scale, pw and pw // scale, 3), include_top=False, weights=weights
     )
     encoder = keras.Model(
         base.input, [base.get_layer(n).output for n in MOBILENET_SKIPS], name="encoder"
@@ -139,11 +145,12 @@ def build_mobilenet(config: TrainConfig) -> keras.Model:
 BUILDERS = {"cnn": build_cnn, "mobilenet": build_mobilenet}
 
 
-def build_model(config: TrainConfig) -> keras.Model:
-    """The model named by config.model, with input (padded_h, padded_w, 3) and logits output."""
+def build_model(config: TrainConfig, any_size: bool = False) -> keras.Model:
+    """The model named by config.model, with input (padded_h, padded_w, 3) (any size with
+    `any_size`) and logits output."""
     if config.model not in BUILDERS:
         raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(BUILDERS)}")
-    return BUILDERS[config.model](config)
+    return BUILDERS[config.model](config, any_size)
 
 
 def iter_layers(model: keras.Model):

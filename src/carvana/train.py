@@ -3,7 +3,10 @@
 A run folder gets config.json (with the detected original size and the car split),
 model.keras (best epoch by validation Dice, float32, no optimizer: what predict loads),
 history.csv, curves.png and checkpoint/ (last epoch's weights with the optimizer state, and
-the epoch counters) from which an interrupted run resumes. Importing this module does nothing.
+the epoch counters) from which an interrupted run resumes. With progressive resizing
+(TrainConfig.progressive) one model and one optimizer train at smaller sizes first, a `fit`
+per stage; model.keras is at image_size, chosen among the last stage's epochs. Importing this
+module does nothing.
 The loss and metric live in carvana.losses / carvana.metrics, the callbacks in
 carvana.callbacks, the strategy and precision in carvana.distribute.
 """
@@ -162,7 +165,8 @@ def build_models(config, strategy, precision, jit_compile, steps, run_dir, state
     from carvana.models import build_model
 
     with dtype_policy(precision), strategy.scope():
-        model = build_model(config)
+        # Progressive resizing feeds the one model (and its optimizer state) several sizes.
+        model = build_model(config, any_size=len(config.stages) > 1)
         schedule = compile_model(model, config, steps, jit_compile, strategy.num_replicas_in_sync)
         if state.epoch > 0:
             cb.restore_checkpoint(model, run_dir / CHECKPOINT_DIR)
@@ -171,10 +175,13 @@ def build_models(config, strategy, precision, jit_compile, steps, run_dir, state
     return model, export, schedule
 
 
-def make_callbacks(run_dir, config, state, export, monitor, inputs, schedule, log) -> list:
-    """The run-folder callbacks, in the order they must see each epoch's logs."""
+def make_callbacks(
+    run_dir, config, state, export, monitor, inputs, schedule, log, seconds=0.0, until=1.0
+) -> list:
+    """The run-folder callbacks of one stage's fit (`seconds` of the time budget left, 0:
+    none; until `until` of the schedule), in the order they must see each epoch's logs.
+    TensorBoard's pictures are at config.image_size whatever the stage."""
     calibration, preview = inputs[2:]
-    budget = config.minutes * 60
     return [
         # First: the validation and the export need it.
         *([cb.BNRecalibration(calibration)] if calibration is not None else []),
@@ -183,7 +190,8 @@ def make_callbacks(run_dir, config, state, export, monitor, inputs, schedule, lo
         TensorBoardLog(run_dir / TENSORBOARD_DIR, preview, config.image_size),
         cb.BestModelExport(run_dir / MODEL_FILE, export, state, monitor),
         cb.Patience(state, config.patience),
-        *([cb.Budget(budget, state, schedule.progress)] if budget else []),
+        *([cb.Budget(seconds, state, schedule.progress)] if seconds else []),
+        *([cb.StageEnd(state, until, config.epochs)] if until < 1.0 else []),
         cb.Checkpoint(run_dir / CHECKPOINT_DIR, state),
         *([cb.ProgressLine(state, config.epochs, log)] if log else []),
     ]
@@ -205,7 +213,6 @@ def train(
     present (`asked`: the fields the user set; None: all). `strategy` defaults to
     pick_strategy(), `precision` ("auto", "float32", "mixed_float16") to mixed precision on a
     GPU. Returns best_val_dice, best_epoch, epochs_run, seconds_per_epoch, params, ..."""
-    from carvana.inputs import named_data_errors
     from carvana.models import count_params
     from carvana.thresholds import tune_threshold
 
@@ -234,33 +241,70 @@ def train(
     if state.epoch < config.epochs and not state.stopped:
         # The model is about to change: an earlier evaluation no longer describes it.
         (run_dir / "evaluation.json").unlink(missing_ok=True)
-        inputs = _inputs(data, train_ids, val_ids, fed, replicas)
-        train_ds, val_ds = inputs[:2]
-        own = make_callbacks(run_dir, config, state, export, monitor, inputs, schedule, log)
-        # One iterator for the whole run, over a repeated dataset: given a dataset that ends,
-        # Keras starts a new iterator every epoch, and the first step of a new one stalled for
-        # ~5 s in half the epochs (CNN at 160x256: 10 s epochs instead of 5.5 s).
-        steps_per_epoch = int(train_ds.cardinality())
-        with named_data_errors():  # a bad training image: its name, in one line
-            model.fit(
-                train_ds.repeat(),
-                steps_per_epoch=steps_per_epoch,
-                validation_data=val_ds,
-                epochs=config.epochs,
-                initial_epoch=state.epoch,
-                callbacks=[*own, *(callbacks or [])],
-                verbose=2 if verbose >= 2 else 0,
-                shuffle=False,  # the dataset shuffles itself
+
+        def stage_callbacks(inputs, seconds, until):
+            own = make_callbacks(
+                run_dir, config, state, export, monitor, inputs, schedule, log, seconds, until
             )
+            return [*own, *(callbacks or [])]
+
+        ids = (train_ids, val_ids)
+        _fit_stages(model, data, ids, fed, replicas, state, stage_callbacks, log, verbose)
     # One pass over the validation cars: the threshold predict uses -> thresholds.json.
     tune_threshold(data, run_dir, log=log)
     return _summary(run_dir, config, state, export, monitor, began, count_params(export))
 
 
-def _inputs(data, train_ids, val_ids, fed: TrainConfig, replicas: int) -> tuple:
+def _fit_stages(model, data, ids, fed, replicas, state, stage_callbacks, log, verbose) -> None:
+    """model.fit over each stage of fed.stages still ahead (one stage without progressive
+    resizing); the time budget, when there is one, covers them all. `stage_callbacks(inputs,
+    seconds left, until)` gives each fit its callbacks."""
+    from carvana.inputs import named_data_errors
+
+    began, stages = time.perf_counter(), fed.stages
+    for stage, (size, until) in enumerate(stages):
+        if state.stopped or state.epoch >= fed.epochs:
+            break
+        if until < 1.0 and cb.schedule_done(state, fed.epochs) >= until:
+            continue  # a resumed run already past this stage
+        seconds = fed.minutes * 60 - (time.perf_counter() - began) if fed.minutes else 0.0
+        if fed.minutes and seconds <= 0:
+            state.stopped = state.budget_spent = True
+            break
+        if stage > state.stage:
+            # Dice at another size does not compare: each stage's first epoch sets the best.
+            state.stage, state.best, state.wait = stage, -1.0, 0
+        sized = fed.replace(image_size=size)
+        if log and len(stages) > 1:
+            log(
+                f"stage {stage + 1}/{len(stages)}: {size[0]}x{size[1]} until {until:.0%} of "
+                "the schedule"
+            )
+        inputs = _inputs(data, *ids, sized, replicas, shown_at=fed.image_size)
+        # One iterator for the whole stage, over a repeated dataset: given a dataset that ends,
+        # Keras starts a new iterator every epoch, and the first step of a new one stalled for
+        # ~5 s in half the epochs (CNN at 160x256: 10 s epochs instead of 5.5 s).
+        train_ds, val_ds = inputs[:2]
+        with named_data_errors():  # a bad training image: its name, in one line
+            model.fit(
+                train_ds.repeat(),
+                steps_per_epoch=int(train_ds.cardinality()),
+                validation_data=val_ds,
+                epochs=fed.epochs,
+                initial_epoch=state.epoch,
+                callbacks=stage_callbacks(inputs, seconds, until),
+                verbose=2 if verbose >= 2 else 0,
+                shuffle=False,  # the dataset shuffles itself
+            )
+        if cb.schedule_done(state, fed.epochs) < until:
+            break  # stopped before its end by another callback (a caller's TimeLimit)
+
+
+def _inputs(data, train_ids, val_ids, fed: TrainConfig, replicas: int, shown_at=None) -> tuple:
     """(training, validation or None, calibration or None) datasets at the fed batch size,
-    and (images, masks) arrays of a few validation images for TensorBoard (or None). The
-    validation dataset holds the fixed sample of fed.val_images images each epoch scores."""
+    and (images, masks) arrays of a few validation images for TensorBoard (or None; at
+    `shown_at`, default fed.image_size). The validation dataset holds the fixed sample of
+    fed.val_images images each epoch scores."""
     from carvana.inputs import get_dataset
 
     def batches(ids, training):
@@ -273,7 +317,8 @@ def _inputs(data, train_ids, val_ids, fed: TrainConfig, replicas: int) -> tuple:
     shown = spread(val_ids, PREVIEW_IMAGES)
     preview = None
     if shown:
-        x, y = next(iter(get_dataset(data, shown, fed.replace(batch_size=len(shown)), False, None)))
+        at = fed.replace(batch_size=len(shown), image_size=shown_at or fed.image_size)
+        x, y = next(iter(get_dataset(data, shown, at, False, None)))
         preview = (x.numpy(), y.numpy())
     return (
         batches(train_ids, True),
