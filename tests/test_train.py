@@ -258,8 +258,16 @@ def test_a_corrupt_training_image_stops_training_with_its_name(synth_copy, tmp_p
     assert "\n" not in str(err.value)
 
 
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """Time budgets planned by a clock that advances 0.1 s per reading (~1 s a tiny epoch),
+    whatever the machine's speed: a slow first epoch cannot spend a test's budget."""
+    readings = iter(range(10**7))
+    monkeypatch.setattr("carvana.callbacks.now", lambda: 0.1 * next(readings))
+
+
 @pytest.mark.slow
-def test_a_time_budget_ends_the_schedule_and_the_run(synth_dirs, tmp_path):
+def test_a_time_budget_ends_the_schedule_and_the_run(synth_dirs, tmp_path, fake_clock):
     data = CarvanaData(synth_dirs["folders"])
     run = tmp_path / "run"
     config = TINY.replace(epochs=500, patience=500, max_cars=3, minutes=0.25)
@@ -307,7 +315,7 @@ def test_progressive_resizing_trains_small_then_at_image_size(synth_dirs, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_time_budget_covers_every_stage(synth_dirs, tmp_path, capsys):
+def test_a_time_budget_covers_every_stage(synth_dirs, tmp_path, capsys, fake_clock):
     data = CarvanaData(synth_dirs["folders"])
     config = TINY.replace(
         image_size=(64, 96),
@@ -321,6 +329,9 @@ def test_a_time_budget_covers_every_stage(synth_dirs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "stage 1/2: 32x48" in out and "stage 2/2: 64x96" in out
     assert summary["budget_spent"] and not summary["stopped_early"]
+    # The switch comes at ~40% of the budget's epochs (their clock time is all alike here).
+    first = out.split("stage 2/2")[0].count("\nepoch ")
+    assert 0.3 <= first / summary["epochs_run"] <= 0.5, out
     rows = read_history(tmp_path / "run" / "history.csv")
     lrs = [r["learning_rate"] for r in rows]
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.25 * TINY.learning_rate

@@ -24,6 +24,11 @@ WEIGHTS_FILE = "last.weights.h5"
 STATE_FILE = "state.json"
 
 
+def now() -> float:
+    """Seconds on the clock that time budgets are planned by (a test's fake clock replaces it)."""
+    return time.perf_counter()
+
+
 @dataclass
 class RunState:
     """Counters of a run: epochs done, best monitored score and its epoch, epochs since."""
@@ -265,9 +270,10 @@ class Budget(keras.callbacks.Callback):
     # time, measured from the last step to the next epoch's start; it and one step are kept
     # in reserve.
 
-    def __init__(self, seconds: float, state: RunState, progress, clock=time.perf_counter):
+    def __init__(self, seconds: float, state: RunState, progress, clock=None):
         super().__init__()
-        self.seconds, self.state, self.progress, self.clock = seconds, state, progress, clock
+        self.seconds, self.state, self.progress = seconds, state, progress
+        self.clock = clock or now
         self.start = state.progress  # a resumed run plans what is left of its schedule
         self.began = self.step = self.tail = self.last = 0.0
         self.spent, self.reached = False, self.start

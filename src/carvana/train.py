@@ -261,13 +261,13 @@ def _fit_stages(model, data, ids, fed, replicas, state, stage_callbacks, log, ve
     seconds left, until)` gives each fit its callbacks."""
     from carvana.inputs import named_data_errors
 
-    began, stages = time.perf_counter(), fed.stages
+    began, stages = cb.now(), fed.stages
     for stage, (size, until) in enumerate(stages):
         if state.stopped or state.epoch >= fed.epochs:
             break
         if until < 1.0 and cb.schedule_done(state, fed.epochs) >= until:
             continue  # a resumed run already past this stage
-        seconds = fed.minutes * 60 - (time.perf_counter() - began) if fed.minutes else 0.0
+        seconds = fed.minutes * 60 - (cb.now() - began) if fed.minutes else 0.0
         if fed.minutes and seconds <= 0:
             state.stopped = state.budget_spent = True
             break
