@@ -87,6 +87,7 @@ def lever_settings(args) -> dict:
         "encoder_scale": args.encoder_scale,
         "warmup": args.warmup,
         "augment": None if args.augment is None else args.augment == "on",
+        "augment_until": args.augment_until,
         "soft_targets": None if args.soft_targets is None else args.soft_targets == "on",
         "progressive": args.progressive,
     }
@@ -164,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, help="fraction of the schedule warming up")
     parser.add_argument("--encoder-scale", type=int, help="1, 2 or 4 (mobilenet with refine)")
     parser.add_argument("--augment", choices=("on", "off"))
+    parser.add_argument(
+        "--augment-until", type=float, help="schedule fraction after which augmentation stops"
+    )
     parser.add_argument("--soft-targets", choices=("on", "off"), help="train on car shares")
     parser.add_argument(
         "--progressive", help="progressive resizing, SCALE@UNTIL[,...] ('' for off)"

@@ -259,6 +259,39 @@ def test_progressive_text_is_checked_and_kept_in_one_spelling():
 
 
 def test_stages_scale_image_size_and_end_at_it():
-    config = TrainConfig(image_size=(192, 288), progressive="0.5@0.3,0.667@0.7")
-    assert config.stages == (((96, 144), 0.3), ((128, 192), 0.7), ((192, 288), 1.0))
-    assert TrainConfig(progressive="").stages == (((192, 288), 1.0),)
+    config = TrainConfig(image_size=(192, 288), progressive="0.5@0.3,0.667@0.7", augment_until=1)
+    assert config.stages == (
+        ((96, 144), 0.3, True),
+        ((128, 192), 0.7, True),
+        ((192, 288), 1.0, True),
+    )
+    assert TrainConfig(progressive="", augment_until=1).stages == (((192, 288), 1.0, True),)
+
+
+@pytest.mark.parametrize(
+    "progressive, augment, until, stages",
+    [
+        # The defaults: augmentation stops where the full size starts.
+        ("0.667@0.7", True, 0.7, (((128, 192), 0.7, True), ((192, 288), 1.0, False))),
+        # One size: it stops within it, in a fit of its own.
+        ("", True, 0.8, (((192, 288), 0.8, True), ((192, 288), 1.0, False))),
+        # Within a smaller size: that size is split, every later stage unaugmented.
+        (
+            "0.5@0.6",
+            True,
+            0.4,
+            (((96, 144), 0.4, True), ((96, 144), 0.6, False), ((192, 288), 1.0, False)),
+        ),
+        # Augmentation off: nothing to stop, no extra stage.
+        ("0.5@0.6", False, 0.4, (((96, 144), 0.6, False), ((192, 288), 1.0, False))),
+    ],
+)
+def test_augmentation_stops_at_augment_until(progressive, augment, until, stages):
+    config = TrainConfig(progressive=progressive, augment=augment, augment_until=until)
+    assert config.stages == stages
+
+
+@pytest.mark.parametrize("until", [0, -0.1, 1.5, float("nan")])
+def test_augment_until_outside_0_1_is_refused(until):
+    with pytest.raises(ValueError, match=r"setting augment_until must be in \(0, 1\]"):
+        TrainConfig(augment_until=until)

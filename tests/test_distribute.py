@@ -28,7 +28,8 @@ TINY = TrainConfig(
     learning_rate=3e-3,
     epochs=4,
     patience=4,
-    progressive="",  # one size: progressive resizing has tests of its own
+    progressive="",  # one stage: progressive resizing and augment_until have tests of their own
+    augment_until=1.0,
 )
 
 

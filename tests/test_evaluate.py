@@ -23,7 +23,8 @@ TINY = TrainConfig(
     learning_rate=3e-3,
     epochs=6,
     patience=6,
-    progressive="",  # one size: progressive resizing has tests of its own
+    progressive="",  # one stage: progressive resizing and augment_until have tests of their own
+    augment_until=1.0,
 )
 
 

@@ -30,7 +30,8 @@ TINY = TrainConfig(
     learning_rate=3e-3,
     epochs=6,
     patience=6,
-    progressive="",  # one size: progressive resizing has tests of its own
+    progressive="",  # one stage: progressive resizing and augment_until have tests of their own
+    augment_until=1.0,
 )
 
 
@@ -312,6 +313,35 @@ def test_progressive_resizing_trains_small_then_at_image_size(synth_dirs, tmp_pa
     again = train(data, config.replace(epochs=5), run, precision="float32")
     out = capsys.readouterr().out
     assert "stage 1/2" not in out and "stage 2/2: 64x96" in out and again["epochs_run"] == 5
+
+
+@pytest.mark.slow
+def test_augmentation_stops_at_augment_until(synth_dirs, tmp_path, capsys, monkeypatch):
+    import carvana.inputs
+
+    fed = []  # (size, augmented) of each training dataset train builds
+
+    def recording(data, ids, config, training, *args, **kwargs):
+        if training:
+            fed.append((config.image_size, config.augment))
+        return get_dataset(data, ids, config, training, *args, **kwargs)
+
+    monkeypatch.setattr(carvana.inputs, "get_dataset", recording)
+    data = CarvanaData(synth_dirs["folders"])
+    run = tmp_path / "run"
+    config = TINY.replace(epochs=4, max_cars=3, augment_until=0.5)
+    summary = train(data, config, run, precision="float32")
+    out = capsys.readouterr().out
+    assert "stage 1/2: 32x48 until 50% of the schedule, augmented" in out
+    assert "stage 2/2: 32x48 until 100% of the schedule, not augmented" in out
+    assert fed == [((32, 48), True), ((32, 48), False)]
+    assert summary["epochs_run"] == 4 and len(read_history(run / "history.csv")) == 4
+    # One size throughout: the best is kept across the switch, the model has a fixed input.
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    rows = read_history(run / "history.csv")
+    assert state["stage"] == 1
+    assert summary["best_val_dice"] == pytest.approx(max(r["val_dice"] for r in rows))
+    assert load_model(run).input_shape == (None, *config.padded_size, 3)
 
 
 @pytest.mark.slow

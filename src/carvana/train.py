@@ -3,10 +3,10 @@
 A run folder gets config.json (with the detected original size and the car split),
 model.keras (best epoch by validation Dice, float32, no optimizer: what predict loads),
 history.csv, curves.png and checkpoint/ (last epoch's weights with the optimizer state, and
-the epoch counters) from which an interrupted run resumes. With progressive resizing
-(TrainConfig.progressive) one model and one optimizer train at smaller sizes first, a `fit`
-per stage; model.keras is at image_size, chosen among the last stage's epochs. Importing this
-module does nothing.
+the epoch counters) from which an interrupted run resumes. One model and one optimizer train
+through the run's stages (TrainConfig.stages), a `fit` each: smaller sizes first with
+progressive resizing, then the photos as they are once augmentation stops; model.keras is at
+image_size, chosen among the epochs at that size. Importing this module does nothing.
 The loss and metric live in carvana.losses / carvana.metrics, the callbacks in
 carvana.callbacks, the strategy and precision in carvana.distribute.
 """
@@ -166,7 +166,7 @@ def build_models(config, strategy, precision, jit_compile, steps, run_dir, state
 
     with dtype_policy(precision), strategy.scope():
         # Progressive resizing feeds the one model (and its optimizer state) several sizes.
-        model = build_model(config, any_size=len(config.stages) > 1)
+        model = build_model(config, any_size=len({s.size for s in config.stages}) > 1)
         schedule = compile_model(model, config, steps, jit_compile, strategy.num_replicas_in_sync)
         if state.epoch > 0:
             cb.restore_checkpoint(model, run_dir / CHECKPOINT_DIR)
@@ -256,13 +256,13 @@ def train(
 
 
 def _fit_stages(model, data, ids, fed, replicas, state, stage_callbacks, log, verbose) -> None:
-    """model.fit over each stage of fed.stages still ahead (one stage without progressive
-    resizing); the time budget, when there is one, covers them all. `stage_callbacks(inputs,
+    """model.fit over each stage of fed.stages still ahead; the time budget, when there is one,
+    covers them all. `stage_callbacks(inputs,
     seconds left, until)` gives each fit its callbacks."""
     from carvana.inputs import named_data_errors
 
     began, stages = cb.now(), fed.stages
-    for stage, (size, until) in enumerate(stages):
+    for stage, (size, until, augment) in enumerate(stages):
         if state.stopped or state.epoch >= fed.epochs:
             break
         if until < 1.0 and cb.schedule_done(state, fed.epochs) >= until:
@@ -272,13 +272,15 @@ def _fit_stages(model, data, ids, fed, replicas, state, stage_callbacks, log, ve
             state.stopped = state.budget_spent = True
             break
         if stage > state.stage:
-            # Dice at another size does not compare: each stage's first epoch sets the best.
-            state.stage, state.best, state.wait = stage, -1.0, 0
-        sized = fed.replace(image_size=size)
+            if size != stages[state.stage].size:
+                # Dice at another size does not compare: the new size's first epoch is the best.
+                state.best, state.wait = -1.0, 0
+            state.stage = stage
+        sized = fed.replace(image_size=size, augment=augment)
         if log and len(stages) > 1:
             log(
                 f"stage {stage + 1}/{len(stages)}: {size[0]}x{size[1]} until {until:.0%} of "
-                "the schedule"
+                f"the schedule, {'augmented' if augment else 'not augmented'}"
             )
         inputs = _inputs(data, *ids, sized, replicas, shown_at=fed.image_size)
         # One iterator for the whole stage, over a repeated dataset: given a dataset that ends,
