@@ -175,7 +175,8 @@ class TrainConfig(_Settings):
     patience: int = setting(5, "early-stopping patience in epochs")
     augment: bool = setting(True, "KerasCV augmentation: on | off")
     # 20 CPU-minutes on real cars: the last 30% on the photos as they are (the test set's
-    # studio, camera and angles) gave held-out Dice 0.9849 / 0.9846 against 0.9829 / 0.9833 (2 seeds).
+    # studio, camera and angles) gave held-out Dice 0.9849 / 0.9846 (2 seeds) against
+    # 0.9829 / 0.9833 augmented throughout (benchmarks/quality.py --augment-until).
     augment_until: float = setting(
         0.7,
         "with augmentation on: the fraction of the learning-rate schedule after which the "
