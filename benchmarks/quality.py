@@ -88,6 +88,7 @@ def lever_settings(args) -> dict:
         "warmup": args.warmup,
         "augment": None if args.augment is None else args.augment == "on",
         "augment_until": args.augment_until,
+        "augment_strength": args.augment_strength,
         "soft_targets": None if args.soft_targets is None else args.soft_targets == "on",
         "progressive": args.progressive,
     }
@@ -174,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--precision", default="auto", help="auto | float32 | mixed_float16 | mixed_bfloat16"
+    )
+    parser.add_argument(
+        "--augment-strength", type=float, help="scale of the augmentation's ranges (not flips)"
     )
     parser.add_argument("--val-cars", type=int, default=8, help="held-out cars")
     parser.add_argument("--max-cars", type=int, default=0, help="0: every car of the folder")

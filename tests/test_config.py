@@ -271,8 +271,15 @@ def test_stages_scale_image_size_and_end_at_it():
 @pytest.mark.parametrize(
     "progressive, augment, until, stages",
     [
-        # The defaults: augmentation stops where the full size starts.
+        # Augmentation stops where the full size starts.
         ("0.667@0.7", True, 0.7, (((128, 192), 0.7, True), ((192, 288), 1.0, False))),
+        # The defaults: it stops within the smaller size.
+        (
+            "0.667@0.7",
+            True,
+            0.5,
+            (((128, 192), 0.5, True), ((128, 192), 0.7, False), ((192, 288), 1.0, False)),
+        ),
         # One size: it stops within it, in a fit of its own.
         ("", True, 0.8, (((192, 288), 0.8, True), ((192, 288), 1.0, False))),
         # Within a smaller size: that size is split, every later stage unaugmented.
@@ -291,7 +298,21 @@ def test_augmentation_stops_at_augment_until(progressive, augment, until, stages
     assert config.stages == stages
 
 
+def test_default_recipe_augments_half_the_schedule_at_two_thirds_size():
+    assert TrainConfig().stages == (
+        ((128, 192), 0.5, True),
+        ((128, 192), 0.7, False),
+        ((192, 288), 1.0, False),
+    )
+
+
 @pytest.mark.parametrize("until", [0, -0.1, 1.5, float("nan")])
 def test_augment_until_outside_0_1_is_refused(until):
     with pytest.raises(ValueError, match=r"setting augment_until must be in \(0, 1\]"):
         TrainConfig(augment_until=until)
+
+
+@pytest.mark.parametrize("strength", [-0.5, float("nan"), float("inf")])
+def test_augment_strength_below_0_or_not_finite_is_refused(strength):
+    with pytest.raises(ValueError, match="setting augment_strength must be 0 or more"):
+        TrainConfig(augment_strength=strength)

@@ -178,6 +178,39 @@ def test_augmentation_keeps_image_and_mask_aligned(augmenter):
     assert moved >= 6  # the geometry really changed most samples
 
 
+def test_augment_strength_0_leaves_only_flips():
+    from carvana import augment
+
+    images, masks = _shapes_batch()
+    layers = augment.fused_augmenter(7, strength=0.0)
+    flipped = 0
+    for _ in range(3):
+        batch = augment.augment_batch(tf.constant(images), tf.constant(masks), layers)
+        out_x, out_y = (t.numpy() for t in batch)
+        for i in range(len(images)):
+            mirrored = np.array_equal(out_y[i], masks[i, :, ::-1])
+            assert mirrored or np.array_equal(out_y[i], masks[i])
+            # Bilinear at an exact (mirrored) grid: the image comes back within rounding.
+            source = images[i, :, ::-1] if mirrored else images[i]
+            assert np.abs(out_x[i] - source).max() <= 1.0
+            flipped += mirrored and not np.array_equal(masks[i], masks[i, :, ::-1])
+    assert flipped >= 2  # the flips still happen
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.5, 2.0])
+def test_augment_strength_scales_every_range_but_the_flips(strength):
+    from carvana import augment
+
+    geometry, colour = augment.fused_augmenter(7, strength=strength)
+    assert geometry.flip == 0.5
+    assert (geometry.shift, geometry.zoom, geometry.degrees) == pytest.approx(
+        (0.05 * strength, 0.1 * strength, 5.0 * strength)
+    )
+    assert (colour.brightness, colour.contrast, colour.hue) == pytest.approx(
+        (0.1 * strength, 0.15 * strength, 0.05 * strength)
+    )
+
+
 def test_training_dataset_is_augmented_and_binary(synth_dirs):
     data = CarvanaData(synth_dirs["folders"])
     ids = data.train_ids()[:16]
@@ -195,6 +228,14 @@ def test_bad_requests_are_refused(synth_dirs):
     data = CarvanaData(synth_dirs["folders"])
     with pytest.raises(ValueError, match="no images"):
         get_dataset(data, [], CONFIG, training=False)
+    with pytest.raises(ValueError, match="augment_strength 1 only"):
+        get_dataset(
+            data,
+            data.train_ids()[:2],
+            CONFIG.replace(augment_strength=0.5),
+            training=True,
+            augmenter="stock",
+        )
     with pytest.raises(ValueError, match="choose one of fused, stock"):
         get_dataset(data, data.train_ids()[:2], CONFIG, training=True, augmenter="albumentations")
 

@@ -189,11 +189,25 @@ class RandomColor(VectorizedBaseImageAugmentationLayer):
         }
 
 
-def fused_augmenter(seed: int | None = None, soft_masks: bool = False) -> list:
-    """The training augmentation: RandomGeometry then RandomColor."""
+def fused_augmenter(
+    seed: int | None = None, soft_masks: bool = False, strength: float = 1.0
+) -> list:
+    """The training augmentation: RandomGeometry then RandomColor, their ranges (not the flips)
+    scaled by strength."""
     return [
-        RandomGeometry(soft_masks=soft_masks, seed=seed),
-        RandomColor(seed=None if seed is None else seed + 1),
+        RandomGeometry(
+            shift=0.05 * strength,
+            zoom=0.1 * strength,
+            degrees=5.0 * strength,
+            soft_masks=soft_masks,
+            seed=seed,
+        ),
+        RandomColor(
+            brightness=0.1 * strength,
+            contrast=0.15 * strength,
+            hue=0.05 * strength,
+            seed=None if seed is None else seed + 1,
+        ),
     ]
 
 

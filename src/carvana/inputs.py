@@ -217,7 +217,11 @@ def get_dataset(
 
         soft = config.soft_targets
         if augmenter == "fused":
-            layers = augment.fused_augmenter(config.seed, soft_masks=soft)
+            layers = augment.fused_augmenter(
+                config.seed, soft_masks=soft, strength=config.augment_strength
+            )
+        elif augmenter == "stock" and config.augment_strength != 1.0:
+            raise ValueError("the stock augmenter has the ranges of augment_strength 1 only")
         elif augmenter == "stock" and not soft:
             layers = augment.stock_augmenter(config.seed)
         elif augmenter == "stock":
