@@ -49,6 +49,9 @@ try:
 except (ImportError, AttributeError) as err:
     raise _keras_cv_failed(err) from err
 
+# The augmentation's ranges at strength 1 (config.augment_strength scales them; flips stay).
+GEOMETRY_RANGES = {"shift": 0.05, "zoom": 0.1, "degrees": 5.0}
+COLOUR_RANGES = {"brightness": 0.1, "contrast": 0.15, "hue": 0.05}
 GREY_AXIS_CROSS = tf.constant([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3)
 
 
@@ -196,16 +199,12 @@ def fused_augmenter(
     scaled by strength."""
     return [
         RandomGeometry(
-            shift=0.05 * strength,
-            zoom=0.1 * strength,
-            degrees=5.0 * strength,
+            **{k: v * strength for k, v in GEOMETRY_RANGES.items()},
             soft_masks=soft_masks,
             seed=seed,
         ),
         RandomColor(
-            brightness=0.1 * strength,
-            contrast=0.15 * strength,
-            hue=0.05 * strength,
+            **{k: v * strength for k, v in COLOUR_RANGES.items()},
             seed=None if seed is None else seed + 1,
         ),
     ]
@@ -213,16 +212,17 @@ def fused_augmenter(
 
 def stock_augmenter(seed: int | None = None) -> list:
     """The same augmentation from keras_cv's stock layers (several times slower on CPU)."""
+    g, colour = GEOMETRY_RANGES, COLOUR_RANGES
     geometry = dict(fill_mode="constant", fill_value=0.0, seed=seed)
     return [
         keras_cv.layers.RandomFlip("horizontal", seed=seed),
-        keras_cv.layers.RandomTranslation(0.05, 0.05, **geometry),
-        keras_cv.layers.RandomZoom((-0.1, 0.1), **geometry),
+        keras_cv.layers.RandomTranslation(g["shift"], g["shift"], **geometry),
+        keras_cv.layers.RandomZoom((-g["zoom"], g["zoom"]), **geometry),
         # keras_cv 0.9: masks need segmentation_classes (one-hot rotate, argmax back).
-        keras_cv.layers.RandomRotation(5 / 360, segmentation_classes=2, **geometry),
-        keras_cv.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed),
-        keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.15, seed=seed),
-        keras_cv.layers.RandomHue(0.05, value_range=(0, 255), seed=seed),
+        keras_cv.layers.RandomRotation(g["degrees"] / 360, segmentation_classes=2, **geometry),
+        keras_cv.layers.RandomBrightness(colour["brightness"], value_range=(0, 255), seed=seed),
+        keras_cv.layers.RandomContrast(value_range=(0, 255), factor=colour["contrast"], seed=seed),
+        keras_cv.layers.RandomHue(colour["hue"], value_range=(0, 255), seed=seed),
     ]
 
 
