@@ -89,6 +89,7 @@ def lever_settings(args) -> dict:
         "augment": None if args.augment is None else args.augment == "on",
         "augment_until": args.augment_until,
         "augment_strength": args.augment_strength,
+        "ema": args.ema,
         "soft_targets": None if args.soft_targets is None else args.soft_targets == "on",
         "progressive": args.progressive,
     }
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--augment-strength", type=float, help="scale of the augmentation's ranges (not flips)"
     )
+    parser.add_argument("--ema", type=float, help="momentum of the weights' moving average")
     parser.add_argument("--val-cars", type=int, default=8, help="held-out cars")
     parser.add_argument("--max-cars", type=int, default=0, help="0: every car of the folder")
     parser.add_argument(

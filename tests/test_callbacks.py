@@ -1,14 +1,23 @@
-"""The time budget's schedule and stop, by a fake clock; the TensorBoard logs (pictures by a
-fake clock too, and of a tiny run)."""
+"""The time budget's schedule and stop, by a fake clock; the weight average's swaps; the
+TensorBoard logs (pictures by a fake clock too, and of a tiny run)."""
 
 import math
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from carvana.callbacks import Budget, PlannedCosine, RunState, StageEnd
+from carvana.callbacks import (
+    AverageWeights,
+    Budget,
+    PlannedCosine,
+    RunState,
+    StageEnd,
+    TrainedWeights,
+    averaged_pairs,
+)
 
 
 def test_planned_cosine_follows_the_larger_progress():
@@ -176,3 +185,70 @@ def test_tensorboard_logs_hold_the_scalars_and_the_images(synth_dirs, tmp_path):
     assert tensor.string_val[:2] == [b"144", b"32"] and len(tensor.string_val) == 2 + 3
     picture = tf.io.decode_png(tensor.string_val[2]).numpy()
     assert picture.shape == (32, 144, 3) and np.ptp(picture) > 0
+
+
+def _averaging_model(momentum: float) -> keras.Model:
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.1, use_ema=True, ema_momentum=momentum), loss="mse"
+    )
+    return model
+
+
+class _Snapshot(keras.callbacks.Callback):
+    """Record the weights and the optimizer's averages at each epoch's end."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        pairs = averaged_pairs(self.model)
+        self.seen.append(
+            ([w.numpy().copy() for w, _ in pairs], [a.numpy().copy() for _, a in pairs])
+        )
+
+
+def _same(arrays, others) -> bool:
+    return len(arrays) == len(others) and all(
+        np.array_equal(a, b) for a, b in zip(arrays, others, strict=True)
+    )
+
+
+def test_the_epoch_end_sees_the_average_and_training_goes_on_with_its_own_weights():
+    keras.utils.set_random_seed(0)
+    model = _averaging_model(0.5)
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+    y = x @ np.array([[1.0], [-2.0], [0.5]], "float32")
+    average = AverageWeights()
+    before, during, after = _Snapshot(), _Snapshot(), _Snapshot()
+    callbacks = [before, average, during, TrainedWeights(average), after]
+    model.fit(x, y, batch_size=8, epochs=3, callbacks=callbacks, verbose=0)
+    for epoch in range(3):
+        (trained, averaged), (held, swapped) = before.seen[epoch], during.seen[epoch]
+        assert not np.allclose(trained[0], averaged[0])  # momentum 0.5 over moving weights
+        # Between the two callbacks the model holds the average (and the optimizer its weights).
+        assert _same(held, averaged)
+        assert _same(swapped, trained)
+        restored, kept = after.seen[epoch]
+        assert _same(kept, averaged)  # the average stays
+        # Training goes on with its own weights; after the fit's last epoch, with the average.
+        expected = averaged if epoch == 2 else trained
+        assert _same(restored, expected)
+    final = [w.numpy() for w in model.trainable_variables]
+    assert _same(final, before.seen[2][1])
+
+
+def test_without_an_average_the_weight_callbacks_change_nothing():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    assert averaged_pairs(model) == []
+    average, snapshot = AverageWeights(), []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda e, logs: snapshot.append(model.get_weights())
+    )
+    x = np.ones((8, 3), "float32")
+    model.fit(
+        x, x[:, :1], epochs=1, verbose=0, callbacks=[average, record, TrainedWeights(average)]
+    )
+    assert _same(snapshot[0], model.get_weights())

@@ -316,3 +316,9 @@ def test_augment_until_outside_0_1_is_refused(until):
 def test_augment_strength_below_0_or_not_finite_is_refused(strength):
     with pytest.raises(ValueError, match="setting augment_strength must be 0 or more"):
         TrainConfig(augment_strength=strength)
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.0, 1.5, float("nan")])
+def test_ema_outside_0_1_is_refused(momentum):
+    with pytest.raises(ValueError, match=r"setting ema must be in \[0, 1\)"):
+        TrainConfig(ema=momentum)

@@ -118,6 +118,8 @@ def test_two_replicas_and_mixed_precision_learn_and_resume_across(synth_dirs, tm
     runs = json.loads(done.stdout.strip().splitlines()[-1])
     # Recalibration assigns every replica's copy of a mirrored moving mean: (1 + 5) / 2.
     assert runs.pop("recalibrated") == [3.0, 3.0]
+    # Swapping the weights with their average (TrainConfig.ema) writes every replica's copy.
+    assert runs.pop("swapped") == {"weight": [5.0, 5.0], "average": [2.0, 2.0]}
     one = [r["val_dice"] for r in runs["1-float32"]["history"]]
     two = [r["val_dice"] for r in runs["2-mixed"]["history"]]
     # Before the fix the 2-replica mixed-precision run scored 0.0000 (empty masks) in

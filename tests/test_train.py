@@ -206,6 +206,19 @@ def test_resume_continues_from_the_saved_epoch(synth_dirs, tmp_path, capsys):
     assert fresh["epochs_run"] == 1 and len(read_history(run / "history.csv")) == 1
 
 
+def test_a_weight_average_trains_exports_and_resumes(synth_dirs, tmp_path):
+    data = CarvanaData(synth_dirs["folders"])
+    run = tmp_path / "run"
+    config = TINY.replace(epochs=2, max_cars=3, augment=False, ema=0.9)
+    first = train(data, config, run)
+    assert first["epochs_run"] == 2 and first["best_val_dice"] > 0
+    # The averages are optimizer variables: the checkpoint holds them and a resume needs them.
+    again = train(data, config.replace(epochs=3), run)
+    assert again["epochs_run"] == 3
+    with pytest.raises(ValueError, match="ema"):
+        train(data, config.replace(epochs=4, ema=0.0), run)
+
+
 @pytest.mark.slow
 def test_time_limit_stops_training(synth_dirs, tmp_path):
     data = CarvanaData(synth_dirs["folders"])

@@ -31,7 +31,10 @@ def main(data_dir: str, work: str, config_json: str) -> dict:
         "1-float32": (None, "float32"),
         "2-mixed": (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), "mixed_float16"),
     }
-    out = {"recalibrated": _recalibrated_copies(setups["2-mixed"][0])}
+    out = {
+        "recalibrated": _recalibrated_copies(setups["2-mixed"][0]),
+        "swapped": _swapped_copies(setups["2-mixed"][0]),
+    }
     for name, (strategy, precision) in setups.items():
         summary = train(
             data, config, work / name, resume=False, verbose=0,
@@ -72,6 +75,28 @@ def _recalibrated_copies(strategy) -> list:
     recalibrate_bn(model, batches)
     mirrored = model.get_layer("bn").moving_mean.value
     return [float(copy.numpy()[0]) for copy in mirrored.values]
+
+
+def _swapped_copies(strategy) -> dict:
+    """Each replica's copy of a weight and of its moving average after swapping them."""
+    import keras
+    import numpy as np
+
+    from carvana.callbacks import averaged_pairs, swap_weights
+
+    with strategy.scope():
+        inputs = keras.Input((1,))
+        model = keras.Model(inputs, keras.layers.Dense(1, use_bias=False, name="dense")(inputs))
+        model.compile(optimizer=keras.optimizers.Adam(use_ema=True), loss="mse")
+        model.optimizer.build(model.trainable_variables)
+    [(weight, average)] = averaged_pairs(model)
+    weight.assign(np.full((1, 1), 2.0, "float32"))
+    average.assign(np.full((1, 1), 5.0, "float32"))
+    swap_weights(averaged_pairs(model))
+    return {
+        name: [float(copy.numpy()[0, 0]) for copy in variable.value.values]
+        for name, variable in (("weight", weight), ("average", average))
+    }
 
 
 def _plain(summary: dict) -> dict:

@@ -126,6 +126,72 @@ class BNRecalibration(keras.callbacks.Callback):
         self.on_test_begin()
 
 
+def averaged_pairs(model: keras.Model) -> list[tuple]:
+    """(weight, its moving average) for each trainable weight when the model's optimizer keeps
+    an exponential moving average of them (Keras's use_ema); [] when it does not."""
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    if not getattr(optimizer, "use_ema", False):
+        return []
+    # Where Keras keeps the averages (its SwapEMAWeights reads them there too), in the order of
+    # the variables the optimizer was built with: the model's trainable ones.
+    averages = getattr(optimizer, "_model_variables_moving_average", None) or []
+    weights = model.trainable_variables
+    if len(averages) != len(weights):
+        raise ValueError(
+            f"the optimizer averages {len(averages)} variables, the model trains {len(weights)}"
+        )
+    return list(zip(weights, averages, strict=True))
+
+
+def swap_weights(pairs: Iterable[tuple]) -> None:
+    """Exchange the values of each (weight, average) pair."""
+    for weight, average in pairs:
+        held = weight.numpy()
+        weight.assign(average)
+        average.assign(held)
+
+
+class AverageWeights(keras.callbacks.Callback):
+    """With a weight average (TrainConfig.ema): from the validation on (or the epoch's end
+    without one), the model holds the averaged weights, so the BN recalibration, validation,
+    export and previews see them; a later TrainedWeights gives training its own back. Goes
+    first."""
+
+    def __init__(self):
+        super().__init__()
+        self.swapped = False
+
+    def on_test_begin(self, logs=None):
+        if not self.swapped:
+            swap_weights(averaged_pairs(self.model))
+            self.swapped = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.on_test_begin()
+
+
+class TrainedWeights(keras.callbacks.Callback):
+    """Give training its own weights back after the callbacks that use the average; after a
+    fit's last epoch the model keeps the average, as Keras's fit ends by copying it into the
+    weights anyway: the checkpoint then holds what the next stage starts from. Goes after the
+    callbacks that stop training (Patience, Budget, StageEnd), before the Checkpoint."""
+
+    def __init__(self, average: AverageWeights):
+        super().__init__()
+        self.average = average
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.average.swapped:
+            return
+        pairs = averaged_pairs(self.model)
+        if self.model.stop_training or epoch + 1 >= self.params.get("epochs", math.inf):
+            for weight, average in pairs:  # the average goes back where Keras looks for it
+                average.assign(weight)
+        else:
+            swap_weights(pairs)
+        self.average.swapped = False
+
+
 class EpochStats(keras.callbacks.Callback):
     """Add the epoch's seconds and learning rate to the logs the later callbacks see."""
 

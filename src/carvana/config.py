@@ -40,6 +40,7 @@ SAVED_BEFORE = {
     "progressive": "",
     "augment_until": 1.0,
     "augment_strength": 1.0,
+    "ema": 0.0,
 }
 ENCODER_SCALES = (1, 2, 4)
 
@@ -189,6 +190,12 @@ class TrainConfig(_Settings):
         "degrees, brightness 0.1, contrast 0.85-1.15, hue 0.05 of a turn); flips stay at half "
         "the images; 0: flips only",
     )
+    ema: float = setting(
+        0.0,
+        "momentum of an exponential moving average of the weights over the training steps "
+        "(e.g. 0.99: about the last 100 steps); validation, the saved model and predict use "
+        "the average; 0: off",
+    )
     val_fraction: float = setting(0.2, "fraction of cars held out for validation")
     # nanoGPT's eval_iters idea: a fixed sample scores each epoch for a fraction of the cost.
     val_images: int = setting(
@@ -253,6 +260,7 @@ class TrainConfig(_Settings):
             "0 or more",
             self.augment_strength,
         )
+        _check(0.0 <= self.ema < 1.0, "ema", "in [0, 1)", self.ema)
         _check(self.patience >= 1, "patience", "at least 1", self.patience)
         _check(0.0 <= self.val_fraction < 1.0, "val_fraction", "in [0, 1)", self.val_fraction)
         _check(0.0 <= self.bn_momentum < 1.0, "bn_momentum", "in [0, 1)", self.bn_momentum)

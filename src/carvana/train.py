@@ -87,8 +87,10 @@ def compile_model(
     schedule = cb.PlannedCosine(
         config.learning_rate, steps, alpha=0.02, progress=progress, warmup=config.warmup
     )
+    # With ema > 0 the optimizer also keeps the weights' moving average, updated in the step.
+    average = {"use_ema": True, "ema_momentum": config.ema} if config.ema > 0 else {}
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
+        optimizer=keras.optimizers.Adam(schedule, **average),
         jit_compile=resolve_jit(jit_compile, replicas),
         loss=LOSSES[config.loss],
         metrics=[DiceMetric(), PixelAccuracy()],
@@ -182,8 +184,10 @@ def make_callbacks(
     none; until `until` of the schedule), in the order they must see each epoch's logs.
     TensorBoard's pictures are at config.image_size whatever the stage."""
     calibration, preview = inputs[2:]
+    average = cb.AverageWeights() if config.ema > 0 else None
     return [
-        # First: the validation and the export need it.
+        # First: the validation and the export need them, the recalibration after the swap.
+        *([average] if average else []),
         *([cb.BNRecalibration(calibration)] if calibration is not None else []),
         cb.EpochStats(),
         HistoryCSV(run_dir / HISTORY_FILE, state.epoch),
@@ -192,6 +196,7 @@ def make_callbacks(
         cb.Patience(state, config.patience),
         *([cb.Budget(seconds, state, schedule.progress)] if seconds else []),
         *([cb.StageEnd(state, until, config.epochs)] if until < 1.0 else []),
+        *([cb.TrainedWeights(average)] if average else []),
         cb.Checkpoint(run_dir / CHECKPOINT_DIR, state),
         *([cb.ProgressLine(state, config.epochs, log)] if log else []),
     ]
