@@ -90,6 +90,7 @@ def lever_settings(args) -> dict:
         "augment_until": args.augment_until,
         "augment_strength": args.augment_strength,
         "ema": args.ema,
+        "keep_flips": None if args.keep_flips is None else args.keep_flips == "on",
         "soft_targets": None if args.soft_targets is None else args.soft_targets == "on",
         "progressive": args.progressive,
     }
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--augment-strength", type=float, help="scale of the augmentation's ranges (not flips)"
     )
+    parser.add_argument("--keep-flips", choices=("on", "off"), help="flips after augment_until")
     parser.add_argument("--ema", type=float, help="momentum of the weights' moving average")
     parser.add_argument("--val-cars", type=int, default=8, help="held-out cars")
     parser.add_argument("--max-cars", type=int, default=0, help="0: every car of the folder")

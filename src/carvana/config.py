@@ -41,6 +41,7 @@ SAVED_BEFORE = {
     "augment_until": 1.0,
     "augment_strength": 1.0,
     "ema": 0.0,
+    "keep_flips": False,
 }
 ENCODER_SCALES = (1, 2, 4)
 
@@ -183,6 +184,11 @@ class TrainConfig(_Settings):
         0.5,
         "with augmentation on: the fraction of the learning-rate schedule after which the "
         "training images are no longer augmented; 1: throughout",
+    )
+    keep_flips: bool = setting(
+        False,
+        "after augment_until, go on flipping half the training images left-right (the rest of "
+        "the augmentation stops): on | off",
     )
     augment_strength: float = setting(
         1.0,

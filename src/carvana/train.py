@@ -281,11 +281,12 @@ def _fit_stages(model, data, ids, fed, replicas, state, stage_callbacks, log, ve
                 # Dice at another size does not compare: the new size's first epoch is the best.
                 state.best, state.wait = -1.0, 0
             state.stage = stage
-        sized = fed.replace(image_size=size, augment=augment)
+        sized = _stage_config(fed, size, augment)
         if log and len(stages) > 1:
+            shown = "augmented" if augment else "flips only" if sized.augment else "not augmented"
             log(
                 f"stage {stage + 1}/{len(stages)}: {size[0]}x{size[1]} until {until:.0%} of "
-                f"the schedule, {'augmented' if augment else 'not augmented'}"
+                f"the schedule, {shown}"
             )
         inputs = _inputs(data, *ids, sized, replicas, shown_at=fed.image_size)
         # One iterator for the whole stage, over a repeated dataset: given a dataset that ends,
@@ -305,6 +306,15 @@ def _fit_stages(model, data, ids, fed, replicas, state, stage_callbacks, log, ve
             )
         if cb.schedule_done(state, fed.epochs) < until:
             break  # stopped before its end by another callback (a caller's TimeLimit)
+
+
+def _stage_config(fed: TrainConfig, size: tuple[int, int], augment: bool) -> TrainConfig:
+    """The config a stage's inputs are made with: its size, and augmented, flipped only (after
+    augment_until with keep_flips) or neither."""
+    if augment or not (fed.augment and fed.keep_flips):
+        return fed.replace(image_size=size, augment=augment)
+    # Strength 0 leaves the flips alone: the mirrored car is still a studio photo.
+    return fed.replace(image_size=size, augment=True, augment_strength=0.0)
 
 
 def _inputs(data, train_ids, val_ids, fed: TrainConfig, replicas: int, shown_at=None) -> tuple:
