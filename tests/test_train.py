@@ -20,6 +20,7 @@ from carvana.train import (
     read_history,
     recalibrate_bn,
     resume_config,
+    stage_config,
     train,
 )
 
@@ -355,6 +356,42 @@ def test_augmentation_stops_at_augment_until(synth_dirs, tmp_path, capsys, monke
     assert state["stage"] == 1
     assert summary["best_val_dice"] == pytest.approx(max(r["val_dice"] for r in rows))
     assert load_model(run).input_shape == (None, *config.padded_size, 3)
+
+
+@pytest.mark.parametrize(
+    ("augment", "keep_flips", "stage_augmented", "expected"),
+    [
+        (True, False, True, (True, 1.0)),  # augmented stage: the config's own strength
+        (True, False, False, (False, 1.0)),  # after augment_until: nothing
+        (True, True, True, (True, 1.0)),
+        (True, True, False, (True, 0.0)),  # after augment_until: flips only
+        (False, True, False, (False, 1.0)),  # augmentation off: no flips either
+    ],
+)
+def test_a_stage_after_augment_until_flips_only_with_keep_flips(
+    augment, keep_flips, stage_augmented, expected
+):
+    fed = TINY.replace(augment=augment, keep_flips=keep_flips)
+    sized = stage_config(fed, (64, 96), stage_augmented)
+    assert (sized.augment, sized.augment_strength) == expected and sized.image_size == (64, 96)
+
+
+def test_keep_flips_goes_on_flipping_after_augment_until(synth_dirs, tmp_path, capsys, monkeypatch):
+    import carvana.inputs
+
+    fed = []  # (augmented, strength) of each training dataset train builds
+
+    def recording(data, ids, config, training, *args, **kwargs):
+        if training:
+            fed.append((config.augment, config.augment_strength))
+        return get_dataset(data, ids, config, training, *args, **kwargs)
+
+    monkeypatch.setattr(carvana.inputs, "get_dataset", recording)
+    data = CarvanaData(synth_dirs["folders"])
+    config = TINY.replace(epochs=2, max_cars=3, augment_until=0.5, keep_flips=True)
+    train(data, config, tmp_path / "run", precision="float32")
+    assert "stage 2/2: 32x48 until 100% of the schedule, flips only" in capsys.readouterr().out
+    assert fed == [(True, 1.0), (True, 0.0)]
 
 
 @pytest.mark.slow

@@ -281,7 +281,7 @@ def _fit_stages(model, data, ids, fed, replicas, state, stage_callbacks, log, ve
                 # Dice at another size does not compare: the new size's first epoch is the best.
                 state.best, state.wait = -1.0, 0
             state.stage = stage
-        sized = _stage_config(fed, size, augment)
+        sized = stage_config(fed, size, augment)
         if log and len(stages) > 1:
             shown = "augmented" if augment else "flips only" if sized.augment else "not augmented"
             log(
@@ -308,7 +308,7 @@ def _fit_stages(model, data, ids, fed, replicas, state, stage_callbacks, log, ve
             break  # stopped before its end by another callback (a caller's TimeLimit)
 
 
-def _stage_config(fed: TrainConfig, size: tuple[int, int], augment: bool) -> TrainConfig:
+def stage_config(fed: TrainConfig, size: tuple[int, int], augment: bool) -> TrainConfig:
     """The config a stage's inputs are made with: its size, and augmented, flipped only (after
     augment_until with keep_flips) or neither."""
     if augment or not (fed.augment and fed.keep_flips):
