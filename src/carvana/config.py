@@ -185,6 +185,7 @@ class TrainConfig(_Settings):
         "with augmentation on: the fraction of the learning-rate schedule after which the "
         "training images are no longer augmented; 1: throughout",
     )
+    # Off: seeds 1 / 42 / 7 gave 0.9851 / 0.9848 / 0.9842, the defaults 0.9836 / 0.9855 / 0.9853.
     keep_flips: bool = setting(
         False,
         "after augment_until, go on flipping half the training images left-right (the rest of "
@@ -196,6 +197,7 @@ class TrainConfig(_Settings):
         "degrees, brightness 0.1, contrast 0.85-1.15, hue 0.05 of a turn); flips stay at half "
         "the images; 0: flips only",
     )
+    # Off: 0.99 gave 0.9835 against 0.9836 (seed 1, 20 minutes); the cosine already ends low.
     ema: float = setting(
         0.0,
         "momentum of an exponential moving average of the weights over the training steps "
