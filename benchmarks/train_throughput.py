@@ -30,13 +30,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def model_speed(config, steps: int):
     """A function returning the images/s of fit on one repeated in-memory batch (built and
-    warmed up once), at the precision `carvana train` picks on this machine."""
+    warmed up once), at the precision and with the malloc setting `carvana train` picks on this
+    machine."""
     import numpy as np
     import tensorflow as tf
 
-    from carvana.distribute import dtype_policy, resolve_precision
+    from carvana.distribute import dtype_policy, keep_freed_memory_on_cpu, resolve_precision
     from carvana.models import build_model
     from carvana.train import compile_model
+
+    keep_freed_memory_on_cpu()  # as train does: the loop and the model on one allocator
 
     with dtype_policy(resolve_precision("auto")):
         model = build_model(config)

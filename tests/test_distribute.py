@@ -57,6 +57,59 @@ def test_bfloat16_is_read_from_the_cpu_flags(tmp_path):
     assert not cpu_has_bf16(str(tmp_path / "missing"))
 
 
+FREED_TWICE = """
+import resource, sys
+import numpy as np
+from carvana.distribute import keep_freed_memory
+
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        block = np.ones(64 << 20, np.uint8)  # an activation-sized block, freed at once
+        del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+default = faults()
+kept = keep_freed_memory()
+faults()  # the first round grows the heap
+print(kept, default, faults())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_kept_memory_is_reused_without_page_faults():
+    # In a fresh interpreter: the setting lasts for the process.
+    out = subprocess.run(
+        [sys.executable, "-c", FREED_TWICE], capture_output=True, text=True, check=True
+    ).stdout.split()
+    kept, default, after = out[0] == "True", int(out[1]), int(out[2])
+    assert kept
+    assert default >= 100  # each 64 MB block mapped afresh: 16,384 pages, or 32 huge pages
+    assert after < default / 10
+
+
+def test_kept_memory_is_glibc_only(monkeypatch):
+    from carvana import distribute
+
+    monkeypatch.setattr(distribute.platform, "libc_ver", lambda: ("", ""))
+    assert distribute.keep_freed_memory() is False
+
+
+def test_memory_is_kept_on_a_cpu_unless_switched_off(monkeypatch):
+    from carvana import distribute
+
+    calls = []
+    monkeypatch.setattr(distribute, "keep_freed_memory", lambda: calls.append("kept") or True)
+    monkeypatch.setattr(distribute, "has_gpu", lambda: False)
+    monkeypatch.setenv(distribute.KEEP_FREED_ENV, "0")
+    assert distribute.keep_freed_memory_on_cpu() is False
+    monkeypatch.delenv(distribute.KEEP_FREED_ENV)
+    assert distribute.keep_freed_memory_on_cpu() is True
+    monkeypatch.setattr(distribute, "has_gpu", lambda: True)
+    assert distribute.keep_freed_memory_on_cpu() is False
+    assert calls == ["kept"]
+
+
 def test_a_bfloat16_run_exports_a_float32_model_that_scores_what_it_recorded(synth_dirs, tmp_path):
     from carvana.train import train
 

@@ -29,6 +29,7 @@ from carvana.config import MODEL_FILE, TrainConfig
 from carvana.distribute import (
     dtype_policy,
     global_batch,
+    keep_freed_memory_on_cpu,
     pick_strategy,
     resolve_jit,
     resolve_precision,
@@ -234,6 +235,7 @@ def train(
     keras.utils.set_random_seed(config.seed)
     strategy = strategy or pick_strategy()
     precision = resolve_precision(precision)
+    keep_freed_memory_on_cpu()
     replicas = strategy.num_replicas_in_sync
     # Saved as asked (a resume elsewhere may have another replica count); fed rounded.
     fed = config.replace(batch_size=global_batch(config.batch_size, replicas))
