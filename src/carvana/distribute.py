@@ -67,7 +67,7 @@ def keep_freed_memory_on_cpu() -> bool:
     """keep_freed_memory() when TensorFlow sees no GPU, unless CARVANA_KEEP_FREED is "0";
     whether it did."""
     # 2-core AVX2 host, MobileNetV2 at 128x192 (benchmarks/cpu_malloc.py): steady epochs of
-    # 69 s instead of 129 s, which spent 40% of their CPU time in the kernel.
+    # 66 s instead of 127 s, which spent 40% of their CPU time in the kernel.
     if has_gpu() or os.environ.get(KEEP_FREED_ENV, "1") == "0":
         return False
     return keep_freed_memory()
