@@ -170,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             epochs=args.epochs,
             patience=args.epochs,
+            # Every epoch at image_size and augmented, like the model-alone reference: the
+            # defaults' smaller first stage and unaugmented tail would not be comparable.
+            progressive="",
+            augment_until=1.0,
         )
         loop = loop_speed(data, config, work / f"run-{name}", model_speed(config, steps=8))
         shown = " ".join(f"{s:.1f}" for s in loop["epoch_seconds"])
